@@ -1,0 +1,1 @@
+"""Backends: `numpy_interp` (the reference interpreter), `onnx_export` and `ort` (onnxruntime)."""

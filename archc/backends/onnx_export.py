@@ -1,0 +1,115 @@
+"""Graph -> onnx.ModelProto through each op's `onnx` lowering, at one pinned opset.
+
+Symbolic dims (`batch`, `seq`) become ONNX dim_params, so batch and sequence stay dynamic. Params
+become initializers when weights are given, and graph inputs when not (a structure-only export).
+Every export is checked with `onnx.checker.check_model(full_check=True)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from archc.ir.graph import Graph
+from archc.ir.types import TensorType
+from archc.ops import OPS
+
+OPSET = 18
+IR_VERSION = 9  # the newest IR that onnxruntime >= 1.17 loads
+_ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "bool": TensorProto.BOOL}
+
+
+class OnnxBuilder:
+    """What an op's `onnx` lowering sees: emit nodes, make constants, ask for dims and types."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.types: dict[str, TensorType] = {}
+        self._consts: dict[tuple, str] = {}
+        self._count = 0
+
+    def fresh(self, hint: str = "t") -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
+        out = out or self.fresh(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out],
+                                           name=f"{op_type}_{len(self.nodes)}", **attrs))
+        return out
+
+    def const(self, value: np.ndarray) -> str:
+        value = np.asarray(value)
+        key = (str(value.dtype), value.shape, hashlib.sha256(value.tobytes()).hexdigest())
+        if key not in self._consts:
+            name = f"const_{len(self._consts)}"
+            self.initializers[name] = numpy_helper.from_array(value, name)
+            self._consts[key] = name
+        return self._consts[key]
+
+    def scalar(self, v: float) -> str:
+        return self.const(np.array(v, np.float32))
+
+    def dim(self, x: str, axis: int) -> str:
+        """Scalar int64 holding x.shape[axis], read at run time."""
+        axis %= self.types[x].rank
+        shape = self.op("Shape", x, start=axis, end=axis + 1)
+        return self.op("Squeeze", shape, self.const(np.array([0], np.int64)))
+
+    def slice(self, x: str, axis: int, start: int, end: int) -> str:
+        ints = [np.array([v], np.int64) for v in (start, end, axis)]
+        return self.op("Slice", x, *map(self.const, ints))
+
+    def type_of(self, name: str) -> TensorType:
+        return self.types[name]
+
+
+def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, _ELEM[t.dtype], list(t.shape))
+
+
+def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None,
+                check: bool = True) -> onnx.ModelProto:
+    b = OnnxBuilder()
+    names: dict[int, str] = {}
+    out_of = {node.id: name for name, node in graph.outputs.items()}
+    graph_inputs = []
+    for n in graph.nodes():
+        if n.kind == "input":
+            names[n.id] = n.name
+            graph_inputs.append(_value_info(n.name, n.type))
+        elif n.kind == "param":
+            names[n.id] = n.name
+            if weights is None:
+                graph_inputs.append(_value_info(n.name, n.type))
+            else:
+                b.initializers[n.name] = numpy_helper.from_array(weights[n.name], n.name)
+        elif n.kind == "const":
+            names[n.id] = b.const(n.value)
+        else:
+            b.types.update({names[i.id]: i.type for i in n.inputs})
+            result = OPS[n.op].onnx(b, *(names[i.id] for i in n.inputs), **n.attrs)
+            if n.id in out_of and result not in names.values() and b.nodes and \
+                    b.nodes[-1].output[0] == result:
+                b.nodes[-1].output[0] = result = out_of[n.id]  # name the output in place
+            names[n.id] = result
+    outputs = []
+    for name, node in graph.outputs.items():
+        if names[node.id] != name:
+            b.op("Identity", names[node.id], out=name)
+        outputs.append(_value_info(name, node.type))
+    inits = [b.initializers[k] for k in sorted(b.initializers)]
+    onnx_graph = helper.make_graph(b.nodes, graph.name, graph_inputs, outputs, inits)
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="archc", ir_version=IR_VERSION)
+    if check:
+        onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def model_bytes(model: onnx.ModelProto) -> bytes:
+    return model.SerializeToString(deterministic=True)

@@ -1,0 +1,171 @@
+"""The `archc` command line. Bad input prints diagnostics and exits 1; never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from archc import api
+from archc.diagnostics import ArchcError, Diagnostic, render
+
+USAGE_ERROR = 2
+
+
+def _graph(args, level: int | None = None):
+    module = api.parse_file(args.spec)
+    from archc.lower import lower
+
+    graph = lower(module, getattr(args, "model", None))
+    return api.optimize(graph, args.opt if level is None else level)
+
+
+def _weights(args, graph):
+    from archc.weights import init_params, load_weights
+
+    return load_weights(graph, args.weights) if args.weights else init_params(graph, args.seed)
+
+
+def cmd_check(args) -> int:
+    graph = _graph(args, level=0)
+    from archc.ir.verify import verify
+
+    verify(graph)
+    print(f"{args.spec}: ok (model `{graph.name}`, {len(graph)} nodes, "
+          f"{len(graph.params)} parameter tensors)")
+    return 0
+
+
+def cmd_dump(args) -> int:
+    from archc.ir.printer import print_graph
+    from archc.lower import lower
+    from archc.passes import PASSES, PIPELINES, run_pipeline
+
+    graph = lower(api.parse_file(args.spec), args.model)
+    if args.after:
+        if args.after not in PASSES:
+            raise ArchcError([Diagnostic("E0400", f"unknown pass `{args.after}`",
+                                         help=f"passes: {', '.join(PASSES)}")])
+        pipeline = PIPELINES[2]
+        upto = next(i for i, p in enumerate(pipeline) if p.__name__ == args.after)
+        graph = run_pipeline(graph, pipeline[: upto + 1], fixpoint_steps=1)
+    else:
+        graph = api.optimize(graph, args.opt)
+    sys.stdout.write(print_graph(graph))
+    return 0
+
+
+def cmd_compile(args) -> int:
+    from archc.backends.onnx_export import export_onnx, model_bytes
+
+    graph = _graph(args)
+    model = export_onnx(graph, _weights(args, graph))
+    Path(args.output).write_bytes(model_bytes(model))
+    print(f"wrote {args.output} ({len(model.graph.node)} ONNX nodes, opset "
+          f"{model.opset_import[0].version})")
+    return 0
+
+
+def random_inputs(graph, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
+    """Seeded inputs: ids within the table they index, masks of ones, floats from N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, node in graph.inputs.items():
+        shape = tuple(batch if d == "batch" else seq if isinstance(d, str) else d
+                      for d in node.type.shape)
+        if node.type.dtype == "int64":
+            if "mask" in name:
+                out[name] = np.ones(shape, np.int64)
+                continue
+            rows = [u.inputs[0].type.shape[0] for u in graph.users(node) if u.op == "gather"
+                    and u.inputs[1] is node]
+            out[name] = rng.integers(0, min(rows) if rows else 2, shape, dtype=np.int64)
+        else:
+            out[name] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def cmd_run(args) -> int:
+    graph = _graph(args)
+    if args.inputs:
+        with np.load(args.inputs) as f:
+            inputs = {k: f[k] for k in f.files}
+        missing = [n for n in graph.inputs if n not in inputs]
+        if missing:
+            raise ArchcError([Diagnostic("E0303", f"`{args.inputs}` lacks graph input "
+                                         f"`{missing[0]}`",
+                                         help=f"the graph inputs are {', '.join(graph.inputs)}")])
+    else:
+        inputs = random_inputs(graph, args.batch, args.seq, args.seed)
+    outputs = api.run(graph, inputs, _weights(args, graph), backend=args.backend)
+    np.savez(args.out, **outputs)
+    for name, value in outputs.items():
+        print(f"{name}: {value.dtype}{list(value.shape)} mean {value.mean():.6g} "
+              f"std {value.std():.6g}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from archc.lower import lower
+    from archc.stats import format_stats, param_stats
+
+    stats = param_stats(lower(api.parse_file(args.spec), args.model))
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="archc", description="architecture compiler for "
+                                "transformer models")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, fn, help: str, opt: bool = True):
+        c = sub.add_parser(name, help=help)
+        c.add_argument("spec", help="an .arch file")
+        c.add_argument("--model", help="which model, when the file has several")
+        if opt:
+            c.add_argument("-O", dest="opt", type=int, choices=(0, 1, 2), default=1,
+                           help="optimisation level (default 1)")
+        c.set_defaults(fn=fn)
+        return c
+
+    command("check", cmd_check, "parse, check, lower and infer shapes", opt=False)
+    d = command("dump", cmd_dump, "print the IR text")
+    d.add_argument("--after", help="stop after this pass")
+    c = command("compile", cmd_compile, "export an ONNX model")
+    c.add_argument("-o", "--output", required=True)
+    for c in (c, command("run", cmd_run, "run on the NumPy or onnxruntime backend")):
+        c.add_argument("--weights", help="a .safetensors file keyed by archc parameter names")
+        c.add_argument("--seed", type=int, default=0, help="seed of the random init and inputs")
+    r = c
+    r.add_argument("--inputs", help="an .npz with the graph inputs by name")
+    r.add_argument("--batch", type=int, default=1)
+    r.add_argument("--seq", type=int, default=8)
+    r.add_argument("--out", required=True, help="an .npz to write every output to")
+    r.add_argument("--backend", choices=("numpy", "onnxruntime"), default="numpy")
+    s = command("stats", cmd_stats, "exact parameter counts", opt=False)
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ArchcError as e:
+        sys.stderr.write(e.render())
+        return 1
+    except FileNotFoundError as e:
+        sys.stderr.write(render(Diagnostic("E0004", f"cannot read `{e.filename}`: no such file")))
+        return 1
+    except OSError as e:
+        sys.stderr.write(render(Diagnostic("E0004", f"cannot read or write a file: {e}")))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Text -> AST. The only module that imports lark; its errors leave here as Diagnostics."""
+
+from __future__ import annotations
+
+import functools
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from archc.diagnostics import ArchcError, Diagnostic, Span
+from archc.frontend import ast
+
+# Human names for terminals, used in "expected ..." messages.
+_HUMAN = {
+    "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
+    "COMMA": "`,`", "COLON": "`:`", "EQ": "`=`", "CMP": "a comparison", "PLUS": "`+`",
+    "MINUS": "`-`", "STAR": "`*`", "SLASH": "`/`", "DSLASH": "`//`", "PERCENT": "`%`",
+    "POW": "`**`", "NAME": "a name", "NUMBER": "a number", "STRING": "a string",
+    "$END": "end of file",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def parser() -> Lark:
+    return Lark.open("arch.lark", rel_to=__file__, parser="lalr", propagate_positions=True,
+                     maybe_placeholders=True)
+
+
+def parse(text: str, path: str = "<spec>") -> ast.Module:
+    try:
+        tree = parser().parse(text)
+    except UnexpectedInput as e:
+        raise ArchcError([_syntax_diagnostic(e, text, path)], {path: text}) from None
+    items = _ToAst(path).transform(tree).children
+    blocks = tuple(i for i in items if isinstance(i, ast.BlockDef))
+    models = tuple(i for i in items if isinstance(i, ast.Model))
+    return ast.Module(path, text, blocks, models)
+
+
+def _human(expected: set[str]) -> str:
+    names = sorted({_HUMAN.get(t, f"`{t.lower()}`") for t in expected})
+    if len(names) > 6:
+        names = [*names[:6], "..."]
+    return ", ".join(names)
+
+
+def _syntax_diagnostic(e: UnexpectedInput, text: str, path: str) -> Diagnostic:
+    start = e.pos_in_stream if e.pos_in_stream is not None else len(text)
+    if isinstance(e, UnexpectedToken) and e.token.type != "$END":
+        end = start + max(1, len(str(e.token)))
+        expected = _human(e.accepts or e.expected)
+        found = f"`{e.token}`"
+        if e.token.type == "EQ" and "COLON" in (e.accepts or e.expected):
+            return Diagnostic("E0001", "expected `:` after the input's name", Span(path, start, end),
+                              "expected `:` here", help="write `input NAME: DTYPE[dims]`")
+        return Diagnostic("E0001", f"unexpected {found}", Span(path, start, end),
+                          f"expected {expected}")
+    if isinstance(e, UnexpectedCharacters):
+        return Diagnostic("E0001", f"unexpected character `{text[start]}`",
+                          Span(path, start, start + 1), "not part of the .arch language")
+    if isinstance(e, UnexpectedEOF | UnexpectedToken):
+        start = len(text.rstrip())
+        expected = _human(getattr(e, "expected", None) or e.accepts or set())
+        return Diagnostic("E0002", "unexpected end of file", Span(path, max(0, start - 1), start),
+                          f"expected {expected} after this", help="is a `}` or `)` missing?")
+    return Diagnostic("E0001", str(e).splitlines()[0], Span(path, start, start + 1))
+
+
+def _span(path: str, meta) -> Span:
+    return Span(path, meta.start_pos, meta.end_pos)
+
+
+def _tok_span(path: str, tok: Token) -> Span:
+    return Span(path, tok.start_pos, tok.end_pos)
+
+
+_KEEP = {"NAME", "NUMBER", "STRING", "CMP", "PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "PERCENT",
+         "POW", "AND", "OR", "NOT", "SHARED"}
+
+
+def _strip(children):
+    """Drop punctuation and keyword tokens; keep values, operators and subtrees."""
+    return [c for c in children if not (isinstance(c, Token) and c.type not in _KEEP)]
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def _s(self, meta) -> Span:
+        return _span(self.path, meta)
+
+    def start(self, meta, children):
+        return Tree("start", [c for c in children if c is not None])
+
+    def model(self, meta, c):
+        c = _strip(c)
+        return ast.Model(self._s(meta), str(c[0]), tuple(c[1:]))
+
+    def block_def(self, meta, c):
+        c = _strip(c)
+        params = tuple(c[1]) if c[1] is not None else ()
+        return ast.BlockDef(self._s(meta), str(c[0]), params, tuple(c[2:]))
+
+    def names(self, meta, c):
+        return [str(t) for t in _strip(c)]
+
+    def let_stmt(self, meta, c):
+        return ast.Let(self._s(meta), tuple(_strip(c)))
+
+    def binding(self, meta, c):
+        c = _strip(c)
+        return (str(c[0]), c[1], _tok_span(self.path, c[0]))
+
+    def input_stmt(self, meta, c):
+        name, dtype, dims = _strip(c)
+        return ast.Input(self._s(meta), str(name), str(dtype), _tok_span(self.path, dtype), dims)
+
+    def dims(self, meta, c):
+        return tuple(_strip(c))
+
+    def dim_name(self, meta, c):
+        return (str(c[0]), self._s(meta))
+
+    def dim_int(self, meta, c):
+        text = str(c[0])
+        return (int(text) if text.isdigit() else text, self._s(meta))
+
+    def assign(self, meta, c):
+        c = _strip(c)
+        return ast.Assign(self._s(meta), str(c[0]), c[1])
+
+    def output_stmt(self, meta, c):
+        c = _strip(c)
+        return ast.Output(self._s(meta), str(c[0]), c[1])
+
+    def repeat_stmt(self, meta, c):
+        # children: REPEAT count SHARED? AS NAME LBRACE stmts RBRACE (with placeholder for SHARED)
+        count, shared = c[1], c[2]
+        body = tuple(x for x in c[6:-1] if not isinstance(x, Token) and x is not None)
+        return ast.Repeat(self._s(meta), count, shared is not None, str(c[4]), body)
+
+    def if_stmt(self, meta, c):
+        cond = c[1]
+        rest = c[2:]
+        orelse = ()
+        if rest and rest[-1] is not None and not isinstance(rest[-1], Token):
+            last = rest[-1]
+            if isinstance(last, tuple):  # else_block
+                orelse = last
+            elif isinstance(last, ast.If):
+                orelse = (last,)
+        # the then-body sits between LBRACE and RBRACE
+        lb = next(i for i, x in enumerate(rest) if isinstance(x, Token) and x.type == "LBRACE")
+        rb = next(i for i, x in enumerate(rest) if isinstance(x, Token) and x.type == "RBRACE")
+        return ast.If(self._s(meta), cond, tuple(rest[lb + 1:rb]), orelse)
+
+    def else_block(self, meta, c):
+        return tuple(x for x in c if not isinstance(x, Token))
+
+    def return_stmt(self, meta, c):
+        return ast.Return(self._s(meta), _strip(c)[0])
+
+    def number(self, meta, c):
+        text = str(c[0])
+        value = int(text) if text.isdigit() else float(text)
+        return ast.Number(self._s(meta), value)
+
+    def name(self, meta, c):
+        return ast.Name(self._s(meta), str(c[0]))
+
+    def string(self, meta, c):
+        return ast.String(self._s(meta), str(c[0])[1:-1])
+
+    def binop(self, meta, c):
+        left, op, right = c
+        return ast.BinOp(self._s(meta), str(op), left, right)
+
+    def unop(self, meta, c):
+        op, operand = c
+        return ast.UnaryOp(self._s(meta), str(op), operand)
+
+    def call(self, meta, c):
+        func, args, alias = c[0], c[2], c[-1]
+        args = args or []
+        pos = tuple(a for a in args if not isinstance(a, ast.Kwarg))
+        kws = tuple(a for a in args if isinstance(a, ast.Kwarg))
+        return ast.Call(self._s(meta), str(func), _tok_span(self.path, func), pos, kws,
+                        str(alias) if alias is not None else None)
+
+    def args(self, meta, c):
+        return [x for x in c if not isinstance(x, Token) and x is not None]
+
+    def kwarg(self, meta, c):
+        c = _strip(c)
+        return ast.Kwarg(self._s(meta), str(c[0]), c[1])

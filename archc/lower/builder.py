@@ -1,0 +1,79 @@
+"""LayerBuilder: what a layer sees while it lowers itself into ops.
+
+It emits op nodes with their types inferred on the spot (a shape rule's complaint becomes a
+diagnostic that names the layer and points at the call), and creates or reuses parameters
+under the layer's name.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from archc.diagnostics import Collector, Span
+from archc.ir.graph import Graph, Node
+from archc.ir.types import ShapeError, TensorType, fmt_shape
+from archc.lower.signature import POISON
+from archc.ops import OPS
+
+
+class LayerFailed(Exception):
+    """Raised inside a layer after its diagnostic is recorded; the call evaluates to POISON."""
+
+
+@dataclass
+class LayerBuilder:
+    graph: Graph
+    diags: Collector
+    scope: str  # parameter-name prefix of this layer (`h.0.attn`)
+    span: Span  # the call being lowered
+    shared: tuple[str, ...]  # prefixes of the shared repeats we are inside
+    uses: Counter
+
+    def op(self, name: str, *inputs: Node, **attrs) -> Node:
+        try:
+            t = OPS[name].infer(*(i.type for i in inputs), **attrs)
+        except ShapeError as e:
+            where = f" in `{self.scope}`" if self.scope else ""
+            self.fail("E0201", f"shape mismatch{where}: {e}", "in this layer")
+        return self.graph.add_op(name, inputs, attrs, type=t, scope=self.scope, span=self.span)
+
+    def const(self, value, dtype=np.float32) -> Node:
+        return self.graph.add_const(np.asarray(value, dtype=dtype), scope=self.scope)
+
+    def param(self, local: str, shape: tuple[int, ...], init: str, role: str = "other") -> Node:
+        name = f"{self.scope}.{local}" if self.scope else local
+        existing = self.graph.params.get(name)
+        if existing is not None:
+            if not any(name.startswith(p + ".") for p in self.shared):
+                self.fail("E0105", f"parameter `{name}` is defined twice", "second definition",
+                          help="give one of the layers another name with `as`")
+            if existing.type.shape != tuple(shape):
+                self.fail("E0201", f"shared parameter `{name}` is {fmt_shape(existing.type.shape)}"
+                          f" in one layer and {fmt_shape(tuple(shape))} in another", "here")
+            self.uses[name] += 1
+            return existing
+        self.uses[name] += 1
+        attrs = {"init": init} if role == "other" else {"init": init, "role": role}
+        return self.graph.add_param(name, TensorType("float32", tuple(shape)), **attrs)
+
+    def reuse(self, param: Node) -> Node:
+        """Use an existing parameter again (tied weights): counted, not created."""
+        self.uses[param.name] += 1
+        return param
+
+    def fail(self, code: str, message: str, label: str, span: Span | None = None,
+             help: str | None = None):
+        self.diags.error(code, message, span or self.span, label, help=help)
+        raise LayerFailed
+
+    def dim(self, x: Node, axis: int = -1) -> int:
+        d = x.type.shape[axis]
+        if not isinstance(d, int):
+            self.fail("E0201", f"`{self.scope}` needs a static feature dim, got `{d}`", "here")
+        return d
+
+
+__all__ = ["POISON", "LayerBuilder", "LayerFailed"]

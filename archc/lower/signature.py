@@ -1,0 +1,168 @@
+"""Signatures of spec-level calls and the binding of a call's arguments against one.
+
+A layer or function declares its parameters as `Arg(name, kind, default)`. The first
+`positional` of them may be given by position; all may be given by keyword. A bare name given
+by position that names a `bool` argument sets it (`attention(x, heads, causal)`). `enum` and
+`module` arguments take a bare name literally (`act = relu`, `tied = wte`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from archc.diagnostics import did_you_mean
+from archc.frontend import ast
+from archc.ir.graph import Node
+
+REQUIRED = object()
+
+
+class Poison:
+    """The value of an expression that already produced a diagnostic; it silences follow-ups."""
+
+    def __repr__(self) -> str:
+        return "<error>"
+
+
+POISON = Poison()
+
+
+@dataclass(frozen=True)
+class Rope:
+    theta: float = 10000.0
+    fraction: float = 1.0
+    dim: int | None = None  # rotary dims per head; overrides fraction
+    interleaved: bool = False
+
+
+@dataclass(frozen=True)
+class ModuleRef:
+    prefix: str  # parameter-name prefix of a named layer (`wte`, `h.0.attn`)
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    kind: str  # tensor | int | float | bool | enum | module | rope | value
+    default: Any = REQUIRED
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Signature:
+    name: str
+    args: tuple[Arg, ...]
+    positional: int
+    doc: str = ""
+    index: dict[str, Arg] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        self.index.update({a.name: a for a in self.args})
+
+    def usage(self) -> str:
+        parts = [a.name for a in self.args[: self.positional]]
+        parts += [f"{a.name} = …" for a in self.args[self.positional:]]
+        return f"{self.name}({', '.join(parts)})"
+
+
+_KIND_TEXT = {"tensor": "a tensor", "int": "an integer", "float": "a number", "bool":
+              "`true` or `false`", "enum": "one of", "module": "the name of a layer given with "
+              "`as`", "rope": "`rope(...)`", "value": "a value"}
+
+
+def bind(sig: Signature, call: ast.Call, ev) -> dict[str, Any] | None:
+    """Match `call`'s arguments to `sig`, evaluating each with `ev`; None after any error."""
+    bound: dict[str, tuple[Any, ast.Node]] = {}
+    ok = True
+    positional = list(call.args)
+    slots = [a for a in sig.args[: sig.positional]]
+    for expr in positional:
+        flag = sig.index.get(expr.id) if isinstance(expr, ast.Name) else None
+        if flag is not None and flag.kind == "bool" and expr.id not in ev.env:
+            bound[flag.name] = (True, expr)
+            continue
+        if not slots:
+            ev.err("E0103", f"`{sig.name}` takes at most {sig.positional} positional arguments",
+                   expr.span, "unexpected argument", help=f"write `{sig.usage()}`")
+            ok = False
+            continue
+        arg = slots.pop(0)
+        bound[arg.name] = (_convert(arg, expr, ev), expr)
+    for kw in call.kwargs:
+        arg = sig.index.get(kw.name)
+        if arg is None:
+            ev.err("E0102", f"`{sig.name}` has no option `{kw.name}`", kw.span, "unknown option",
+                   help=did_you_mean(kw.name, sig.index) or f"write `{sig.usage()}`")
+            ok = False
+        elif arg.name in bound:
+            ev.err("E0103", f"`{arg.name}` is given twice", kw.span, "second value")
+            ok = False
+        else:
+            bound[arg.name] = (_convert(arg, kw.value, ev), kw.value)
+    out = {}
+    for arg in sig.args:
+        if arg.name in bound:
+            out[arg.name] = bound[arg.name][0]
+        elif arg.default is REQUIRED:
+            ev.err("E0103", f"`{sig.name}` is missing `{arg.name}`", call.span,
+                   f"needs `{arg.name}`", help=f"write `{sig.usage()}`")
+            ok = False
+        else:
+            out[arg.name] = arg.default
+    if not ok or any(v is POISON for v in out.values()):
+        return None
+    return out
+
+
+def _convert(arg: Arg, expr: ast.Expr, ev) -> Any:
+    if arg.kind == "enum" and isinstance(expr, ast.Name | ast.String):
+        word = expr.id if isinstance(expr, ast.Name) else expr.value
+        if word in arg.choices:
+            return word
+        ev.err("E0104", f"`{word}` is not a valid `{arg.name}`", expr.span,
+               f"expected one of {', '.join(arg.choices)}",
+               help=did_you_mean(word, arg.choices))
+        return POISON
+    if arg.kind == "module" and isinstance(expr, ast.Name):
+        return ev.module_ref(expr)
+    value = ev.eval(expr)
+    if value is POISON or arg.kind == "value":
+        return value
+    if value is None and arg.default is None:
+        return None
+    if _fits(arg.kind, value):
+        return float(value) if arg.kind == "float" else value
+    expected = _KIND_TEXT[arg.kind]
+    if arg.kind == "enum":
+        expected += " " + ", ".join(arg.choices)
+    ev.err("E0104", f"`{arg.name}` must be {expected}", expr.span, f"this is {describe(value)}")
+    return POISON
+
+
+def _fits(kind: str, v: Any) -> bool:
+    if kind == "tensor":
+        return isinstance(v, Node)
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "float":
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "rope":
+        return isinstance(v, Rope)
+    return False
+
+
+def describe(v: Any) -> str:
+    if isinstance(v, Node):
+        return f"a tensor {v.type}"
+    if isinstance(v, bool):
+        return "a bool"
+    if isinstance(v, int | float):
+        return f"the number {v}"
+    if isinstance(v, Rope):
+        return "a rope config"
+    if isinstance(v, ModuleRef):
+        return f"the layer `{v.prefix}`"
+    return "nothing" if v is None else type(v).__name__

@@ -1,0 +1,174 @@
+"""Attention helpers: masks built from dynamic lengths, rotary and sinusoidal position encodings.
+
+Scores are `[B, H, Tq, Tk]`. Masks are bool "keep" tensors that broadcast against them, applied
+with `mask_fill`. Query i sits at absolute position `i + (Tk - Tq)` (queries are the last Tq
+of the Tk keys), which is what a KV cache needs later.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from archc.ir.types import ShapeError, TensorType
+from archc.ops.registry import expect_dtype, register_op
+
+
+def _causal_infer(q: TensorType, k: TensorType, window: int = 0) -> TensorType:
+    return TensorType("bool", (q.shape[-2], k.shape[-2]))
+
+
+def _causal(q, k, window: int = 0):  # q [.., Tq, D], k [.., Tk, D] -> keep [Tq, Tk]
+    tq, tk = q.shape[-2], k.shape[-2]
+    i = np.arange(tq)[:, None] + (tk - tq)
+    j = np.arange(tk)[None, :]
+    keep = j <= i
+    if window:  # sliding window: each query sees itself and the window-1 keys before it
+        keep &= j > i - window
+    return keep
+
+
+def _causal_onnx(b, q, k, window: int = 0):
+    one = b.const(np.array(1, np.int64))
+    zero = b.const(np.array(0, np.int64))
+    tq, tk = b.dim(q, -2), b.dim(k, -2)
+    i = b.op("Add", b.op("Range", zero, tq, one), b.op("Sub", tk, tq))
+    i = b.op("Unsqueeze", i, b.const(np.array([1], np.int64)))
+    j = b.op("Range", zero, tk, one)
+    keep = b.op("LessOrEqual", j, i)
+    if window:
+        lower = b.op("Sub", i, b.const(np.array(window, np.int64)))
+        keep = b.op("And", keep, b.op("Greater", j, lower))
+    return keep
+
+
+register_op("causal_mask", 2, {"window": False}, infer=_causal_infer, numpy=_causal,
+            onnx=_causal_onnx)
+
+
+def _padding_infer(m: TensorType) -> TensorType:
+    if m.rank != 2:
+        raise ShapeError(f"attention mask must be [batch, seq], got {m}")
+    return TensorType("bool", (m.shape[0], 1, 1, m.shape[1]))
+
+
+register_op("padding_mask", 1, infer=_padding_infer,  # [B, Tk] (1 = keep) -> [B, 1, 1, Tk]
+            numpy=lambda m: (m != 0)[:, None, None, :],
+            onnx=lambda b, m: b.op("Unsqueeze", b.op("Cast", m, to=9),
+                                   b.const(np.array([1, 2], np.int64))))
+
+
+def inv_freq(dim: int, theta: float) -> np.ndarray:
+    """1 / theta^(2i/dim) for i < dim/2, computed the way transformers does (float32)."""
+    exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    return (1.0 / (np.float32(theta) ** exponent)).astype(np.float32)
+
+
+def _angles_infer(pos: TensorType, dim: int, theta: float) -> TensorType:
+    expect_dtype(pos, "int64", what="positions")
+    return TensorType("float32", (*pos.shape, dim // 2))
+
+
+def _angles(pos, dim, theta):  # [..T] -> [..T, dim/2]: pos * inv_freq
+    return pos.astype(np.float32)[..., None] * inv_freq(dim, theta)
+
+
+def _angles_onnx(b, pos, dim, theta):
+    p = b.op("Unsqueeze", b.op("Cast", pos, to=1), b.const(np.array([-1], np.int64)))
+    return b.op("Mul", p, b.const(inv_freq(dim, theta)))
+
+
+register_op("rope_angles", 1, {"dim": True, "theta": True}, infer=_angles_infer,
+            numpy=_angles, onnx=_angles_onnx)
+
+
+def _rope_infer(x: TensorType, ang: TensorType, interleaved: bool = False) -> TensorType:
+    if x.rank != 4 or ang.rank not in (2, 3):
+        raise ShapeError(f"rope needs x [B,H,T,D] and angles [T,R] or [B,T,R], got {x}, {ang}")
+    if not isinstance(x.shape[-1], int) or 2 * ang.shape[-1] > x.shape[-1]:
+        raise ShapeError(f"rotary dim {2 * ang.shape[-1]} exceeds head dim {x.shape[-1]}")
+    return x
+
+
+def _rope(x, ang, interleaved: bool = False):  # x [B,H,T,D], ang [T,R] | [B,T,R] -> [B,H,T,D]
+    ang = ang[None, None] if ang.ndim == 2 else ang[:, None]
+    cos, sin = np.cos(ang), np.sin(ang)
+    r = ang.shape[-1]
+    rot, rest = x[..., : 2 * r], x[..., 2 * r:]
+    if interleaved:  # pairs (x0, x1), (x2, x3), ... rotate together (GPT-J)
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        out = np.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(rot.shape)
+    else:  # halves (x[:r], x[r:]) rotate together (GPT-NeoX, LLaMA)
+        x1, x2 = rot[..., :r], rot[..., r:]
+        out = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return np.concatenate([out, rest], axis=-1).astype(x.dtype)
+
+
+def _rope_onnx(b, x, ang, interleaved: bool = False):
+    d = b.type_of(x).shape[-1]
+    r = b.type_of(ang).shape[-1]
+    axes = [0, 1] if b.type_of(ang).rank == 2 else [1]
+    ang = b.op("Unsqueeze", ang, b.const(np.array(axes, np.int64)))
+    cos, sin = b.op("Cos", ang), b.op("Sin", ang)
+    rot = b.slice(x, -1, 0, 2 * r)
+    if interleaved:
+        pairs = b.op("Reshape", rot, b.const(np.array([0, 0, 0, r, 2], np.int64)))
+        x1 = b.op("Squeeze", b.slice(pairs, -1, 0, 1), b.const(np.array([-1], np.int64)))
+        x2 = b.op("Squeeze", b.slice(pairs, -1, 1, 2), b.const(np.array([-1], np.int64)))
+    else:
+        x1, x2 = b.slice(rot, -1, 0, r), b.slice(rot, -1, r, 2 * r)
+    y1 = b.op("Sub", b.op("Mul", x1, cos), b.op("Mul", x2, sin))
+    y2 = b.op("Add", b.op("Mul", x2, cos), b.op("Mul", x1, sin))
+    if interleaved:
+        last = b.const(np.array([-1], np.int64))
+        pair = b.op("Concat", b.op("Unsqueeze", y1, last), b.op("Unsqueeze", y2, last), axis=-1)
+        out = b.op("Reshape", pair, b.const(np.array([0, 0, 0, 2 * r], np.int64)))
+    else:
+        out = b.op("Concat", y1, y2, axis=-1)
+    if 2 * r < d:
+        out = b.op("Concat", out, b.slice(x, -1, 2 * r, d), axis=-1)
+    return out
+
+
+register_op("rope", 2, {"interleaved": False}, infer=_rope_infer, numpy=_rope, onnx=_rope_onnx)
+
+
+def _sin_infer(pos: TensorType, dim: int) -> TensorType:
+    expect_dtype(pos, "int64", what="positions")
+    return TensorType("float32", (*pos.shape, dim))
+
+
+def _sinusoidal(pos, dim):  # [T] -> [T, dim]; even dims sin(p w_i), odd dims cos(p w_i)
+    ang = _angles(pos, dim, 10000.0)
+    return np.stack([np.sin(ang), np.cos(ang)], axis=-1).reshape(*pos.shape, dim)
+
+
+def _sinusoidal_onnx(b, pos, dim):
+    ang = _angles_onnx(b, pos, dim, 10000.0)
+    last = b.const(np.array([-1], np.int64))
+    both = b.op("Concat", b.op("Unsqueeze", b.op("Sin", ang), last),
+                b.op("Unsqueeze", b.op("Cos", ang), last), axis=-1)
+    shape = [0] * b.type_of(pos).rank + [dim]
+    return b.op("Reshape", both, b.const(np.array(shape, np.int64)))
+
+
+register_op("sinusoidal", 1, {"dim": True}, infer=_sin_infer, numpy=_sinusoidal,
+            onnx=_sinusoidal_onnx)
+
+
+def _repeat_kv_infer(k: TensorType, groups: int) -> TensorType:
+    if k.rank != 4 or not isinstance(k.shape[1], int):
+        raise ShapeError(f"repeat_kv needs [B, KV, S, D] with static KV, got {k}")
+    return k.with_shape((k.shape[0], k.shape[1] * groups, *k.shape[2:]))
+
+
+def _repeat_kv_onnx(b, k, groups):
+    # [B,KV,S,D] -> [B,KV,1,S,D] -> tile -> [B,KV,G,S,D] -> [B,KV*G,S,D]: each kv head repeats
+    # `groups` times in a row, as grouped-query attention pairs query heads with kv heads.
+    kv, d = b.type_of(k).shape[1], b.type_of(k).shape[3]
+    k5 = b.op("Unsqueeze", k, b.const(np.array([2], np.int64)))
+    tiled = b.op("Tile", k5, b.const(np.array([1, 1, groups, 1, 1], np.int64)))
+    return b.op("Reshape", tiled, b.const(np.array([0, kv * groups, -1, d], np.int64)))
+
+
+register_op("repeat_kv", 1, {"groups": True}, infer=_repeat_kv_infer,
+            numpy=lambda k, groups: np.repeat(k, groups, axis=1), onnx=_repeat_kv_onnx)

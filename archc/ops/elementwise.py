@@ -1,0 +1,151 @@
+"""Elementwise ops: arithmetic with NumPy broadcasting, activations, casts and selection."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from archc.ir.types import ShapeError, TensorType, broadcast
+from archc.ops.registry import register_op, same
+
+F32_MIN = float(np.finfo(np.float32).min)
+
+
+def _binary(a: TensorType, b: TensorType) -> TensorType:
+    if a.dtype != b.dtype:
+        raise ShapeError(f"operands have different dtypes: {a.dtype} and {b.dtype}")
+    return TensorType(a.dtype, broadcast(a.shape, b.shape))
+
+
+def _binop(name: str, fn, onnx_op: str, commutative: bool = False) -> None:
+    register_op(name, 2, infer=_binary, numpy=fn, commutative=commutative,
+                onnx=lambda b, x, y: b.op(onnx_op, x, y))
+
+
+_binop("add", np.add, "Add", commutative=True)
+_binop("sub", np.subtract, "Sub")
+_binop("mul", np.multiply, "Mul", commutative=True)
+_binop("div", np.divide, "Div")
+_binop("pow", np.power, "Pow")
+
+
+def _unop(name: str, fn, onnx_op: str) -> None:
+    register_op(name, 1, infer=same, numpy=fn, onnx=lambda b, x: b.op(onnx_op, x))
+
+
+_unop("neg", np.negative, "Neg")
+_unop("exp", np.exp, "Exp")
+_unop("sqrt", np.sqrt, "Sqrt")
+_unop("tanh", np.tanh, "Tanh")
+_unop("cos", np.cos, "Cos")
+_unop("sin", np.sin, "Sin")
+_unop("relu", lambda x: np.maximum(x, 0).astype(x.dtype), "Relu")
+_unop("sigmoid", lambda x: (1 / (1 + np.exp(-x))).astype(x.dtype), "Sigmoid")
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """erf in float64, accurate to ~1e-12: a positive-term series below |x| = 3, the asymptotic
+    erfc expansion above (where erf is within 2.3e-5 of 1)."""
+    z = np.abs(np.asarray(x, np.float64))
+    small = np.minimum(z, 3.0)
+    # erf(z) = 2/sqrt(pi) exp(-z^2) sum_n 2^n z^(2n+1) / (1*3*...*(2n+1)); terms never cancel
+    term = small.copy()
+    total = small.copy()
+    for n in range(1, 70):
+        term = term * (2 * small * small) / (2 * n + 1)
+        total += term
+    series = 2 / np.sqrt(np.pi) * np.exp(-small * small) * total
+    # erfc(z) ~ exp(-z^2) / (z sqrt(pi)) sum_n (-1)^n (2n-1)!! / (2 z^2)^n
+    big = np.maximum(z, 3.0)
+    acc, term = np.ones_like(big), np.ones_like(big)
+    for n in range(1, 9):
+        term = -term * (2 * n - 1) / (2 * big * big)
+        acc += term
+    tail = 1 - np.exp(-big * big) / (big * np.sqrt(np.pi)) * acc
+    return np.sign(x) * np.where(z < 3.0, series, tail)
+
+
+register_op("erf", 1, infer=same, numpy=lambda x: erf(x).astype(x.dtype),
+            onnx=lambda b, x: b.op("Erf", x))
+
+
+def _silu(x):  # x * sigmoid(x)
+    return (x / (1 + np.exp(-x))).astype(x.dtype)
+
+
+register_op("silu", 1, infer=same, numpy=_silu,
+            onnx=lambda b, x: b.op("Mul", x, b.op("Sigmoid", x)))
+
+_GELU_C = np.sqrt(2 / np.pi)
+
+
+def _gelu(x, approximate: str = "none"):
+    x64 = x.astype(np.float64)
+    if approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        y = 0.5 * x64 * (1 + np.tanh(_GELU_C * (x64 + 0.044715 * x64**3)))
+    else:  # 0.5 x (1 + erf(x / sqrt(2)))
+        y = 0.5 * x64 * (1 + erf(x64 / np.sqrt(2)))
+    return y.astype(x.dtype)
+
+
+def _gelu_onnx(b, x, approximate: str = "none"):
+    # opset 18 has no Gelu: spell out the same formula the kernel uses.
+    if approximate == "tanh":
+        cube = b.op("Mul", b.op("Mul", x, x), x)
+        inner = b.op("Add", x, b.op("Mul", cube, b.scalar(0.044715)))
+        gate = b.op("Tanh", b.op("Mul", inner, b.scalar(_GELU_C)))
+    else:
+        gate = b.op("Erf", b.op("Div", x, b.scalar(np.sqrt(2))))
+    half_x = b.op("Mul", x, b.scalar(0.5))
+    return b.op("Mul", half_x, b.op("Add", gate, b.scalar(1.0)))
+
+
+register_op("gelu", 1, {"approximate": False}, infer=same, numpy=_gelu, onnx=_gelu_onnx)
+
+
+def _cast_infer(t: TensorType, to: str) -> TensorType:
+    return t.with_dtype(to)
+
+
+_NP = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}
+_ONNX_DT = {"float32": 1, "int64": 7, "bool": 9}
+register_op("cast", 1, {"to": True}, infer=_cast_infer,
+            numpy=lambda x, to: x.astype(_NP[to]),
+            onnx=lambda b, x, to: b.op("Cast", x, to=_ONNX_DT[to]))
+
+
+def _where_infer(c: TensorType, x: TensorType, y: TensorType) -> TensorType:
+    if c.dtype != "bool":
+        raise ShapeError(f"condition must be bool, got {c.dtype}")
+    return TensorType(_binary(x, y).dtype, broadcast(c.shape, x.shape, y.shape))
+
+
+register_op("where", 3, infer=_where_infer, numpy=np.where,
+            onnx=lambda b, c, x, y: b.op("Where", c, x, y))
+
+
+def _mask_fill_infer(x: TensorType, keep: TensorType) -> TensorType:
+    if keep.dtype != "bool":
+        raise ShapeError(f"mask must be bool, got {keep.dtype}")
+    return TensorType(x.dtype, broadcast(x.shape, keep.shape))
+
+
+# Masked positions get float32's lowest value rather than -inf, so a fully masked row (a padding
+# query) softmaxes to a uniform row instead of NaN, as transformers' eager attention does.
+register_op("mask_fill", 2, infer=_mask_fill_infer,
+            numpy=lambda x, keep: np.where(keep, x, np.float32(F32_MIN)).astype(x.dtype),
+            onnx=lambda b, x, keep: b.op("Where", keep, x, b.scalar(F32_MIN)))
+
+
+def _and_infer(a: TensorType, b: TensorType) -> TensorType:
+    if a.dtype != "bool" or b.dtype != "bool":
+        raise ShapeError("`and` needs bool operands")
+    return TensorType("bool", broadcast(a.shape, b.shape))
+
+
+register_op("logical_and", 2, infer=_and_infer, numpy=np.logical_and, commutative=True,
+            onnx=lambda b, x, y: b.op("And", x, y))
+
+# Dropout is written in specs and kept in the IR so a dump shows where it sits; at inference
+# it is the identity (ONNX `Identity`), which is all archc runs.
+register_op("dropout", 1, {"p": True}, infer=same, numpy=lambda x, p: x,
+            onnx=lambda b, x, p: b.op("Identity", x), pure=False)
