@@ -138,10 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--after", help="stop after this pass")
     c = command("compile", cmd_compile, "export an ONNX model")
     c.add_argument("-o", "--output", required=True)
-    for c in (c, command("run", cmd_run, "run on the NumPy or onnxruntime backend")):
-        c.add_argument("--weights", help="a .safetensors file keyed by archc parameter names")
-        c.add_argument("--seed", type=int, default=0, help="seed of the random init and inputs")
-    r = c
+    r = command("run", cmd_run, "run on the NumPy or onnxruntime backend")
+    for cmd in (c, r):
+        cmd.add_argument("--weights", help="a .safetensors file keyed by archc parameter names")
+        cmd.add_argument("--seed", type=int, default=0, help="seed of the random init and inputs")
     r.add_argument("--inputs", help="an .npz with the graph inputs by name")
     r.add_argument("--batch", type=int, default=1)
     r.add_argument("--seq", type=int, default=8)

@@ -51,8 +51,9 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, path: str) -> Diagnostic:
         expected = _human(e.accepts or e.expected)
         found = f"`{e.token}`"
         if e.token.type == "EQ" and "COLON" in (e.accepts or e.expected):
-            return Diagnostic("E0001", "expected `:` after the input's name", Span(path, start, end),
-                              "expected `:` here", help="write `input NAME: DTYPE[dims]`")
+            return Diagnostic("E0001", "expected `:` after the input's name",
+                              Span(path, start, end), "expected `:` here",
+                              help="write `input NAME: DTYPE[dims]`")
         return Diagnostic("E0001", f"unexpected {found}", Span(path, start, end),
                           f"expected {expected}")
     if isinstance(e, UnexpectedCharacters):

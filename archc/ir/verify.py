@@ -31,7 +31,8 @@ def verify(graph: Graph) -> None:
             raise VerifyError(f"{e.args[0]} {where}") from None
         lo, hi = op.arity
         if not lo <= len(node.inputs) <= hi:
-            raise VerifyError(f"`{node.op}` takes {lo}..{hi} inputs, has {len(node.inputs)} {where}")
+            n = len(node.inputs)
+            raise VerifyError(f"`{node.op}` takes {lo}..{hi} inputs, has {n} {where}")
         missing = [a for a, req in op.attrs.items() if req and a not in node.attrs]
         unknown = [a for a in node.attrs if a not in op.attrs]
         if missing or unknown:

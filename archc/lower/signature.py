@@ -76,7 +76,7 @@ def bind(sig: Signature, call: ast.Call, ev) -> dict[str, Any] | None:
     bound: dict[str, tuple[Any, ast.Node]] = {}
     ok = True
     positional = list(call.args)
-    slots = [a for a in sig.args[: sig.positional]]
+    slots = list(sig.args[: sig.positional])
     for expr in positional:
         flag = sig.index.get(expr.id) if isinstance(expr, ast.Name) else None
         if flag is not None and flag.kind == "bool" and expr.id not in ev.env:
