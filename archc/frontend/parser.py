@@ -5,9 +5,15 @@ from __future__ import annotations
 import functools
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
 
-from archc.diagnostics import ArchcError, Diagnostic, Span
+from archc.diagnostics import ArchcError, Diagnostic, Span, did_you_mean
 from archc.frontend import ast
 
 # Human names for terminals, used in "expected ..." messages.
@@ -31,7 +37,12 @@ def parse(text: str, path: str = "<spec>") -> ast.Module:
         tree = parser().parse(text)
     except UnexpectedInput as e:
         raise ArchcError([_syntax_diagnostic(e, text, path)], {path: text}) from None
-    items = _ToAst(path).transform(tree).children
+    try:
+        items = _ToAst(path).transform(tree).children
+    except VisitError as e:
+        if isinstance(e.orig_exc, ArchcError):
+            raise ArchcError(e.orig_exc.diagnostics, {path: text}) from None
+        raise
     blocks = tuple(i for i in items if isinstance(i, ast.BlockDef))
     models = tuple(i for i in items if isinstance(i, ast.Model))
     return ast.Module(path, text, blocks, models)
@@ -76,7 +87,7 @@ def _tok_span(path: str, tok: Token) -> Span:
 
 
 _KEEP = {"NAME", "NUMBER", "STRING", "CMP", "PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "PERCENT",
-         "POW", "AND", "OR", "NOT", "SHARED"}
+         "POW", "AND", "OR", "NOT"}
 
 
 def _strip(children):
@@ -140,6 +151,10 @@ class _ToAst(Transformer):
     def repeat_stmt(self, meta, c):
         # children: REPEAT count SHARED? AS NAME LBRACE stmts RBRACE (with placeholder for SHARED)
         count, shared = c[1], c[2]
+        if shared is not None and str(shared) != "shared":
+            raise ArchcError([Diagnostic(
+                "E0001", f"unexpected `{shared}`", _tok_span(self.path, shared),
+                "expected `shared` or `as`", help=did_you_mean(str(shared), ["shared"]))])
         body = tuple(x for x in c[6:-1] if not isinstance(x, Token) and x is not None)
         return ast.Repeat(self._s(meta), count, shared is not None, str(c[4]), body)
 

@@ -22,9 +22,11 @@ T = "tensor"
        Arg("rope", "rope", None), Arg("context", T, None), Arg("context_mask", T, None),
        Arg("bias", "bool", True), Arg("qkv_bias", "bool", None), Arg("out_bias", "bool", None),
        Arg("scale", "float", None), Arg("softcap", "float", 0.0), Arg("dropout", "float", 0.0),
+       Arg("position_bias", T, None),
        doc="multi-head attention of x over itself, or over `context` (cross-attention)")
 def attention(b: LayerBuilder, x, heads, kv_heads, head_dim, causal, mask, window, rope,
-              context, context_mask, bias, qkv_bias, out_bias, scale, softcap, dropout):
+              context, context_mask, bias, qkv_bias, out_bias, scale, softcap, dropout,
+              position_bias):
     d = b.dim(x)
     kv_heads = kv_heads or heads
     _check_heads(b, d, heads, kv_heads, head_dim)
@@ -50,6 +52,8 @@ def attention(b: LayerBuilder, x, heads, kv_heads, head_dim, causal, mask, windo
     if softcap:
         cap = b.const(softcap)
         scores = b.op("mul", b.op("tanh", b.op("div", scores, cap)), cap)
+    if position_bias is not None:  # [1 or B, H, Tq, Tk], added before masking (T5, ALiBi)
+        scores = b.op("add", scores, position_bias)
     keep = _keep_mask(b, q, k, causal, window, mask if context is None else context_mask)
     if keep is not None:
         scores = b.op("mask_fill", scores, keep)

@@ -211,3 +211,14 @@ def rope(b, theta, fraction, dim, interleaved):
 
 
 NUMERIC = {"sqrt": np.sqrt, "exp": np.exp, "tanh": np.tanh}  # these also work on numbers
+
+
+@layer("relative_bias", 2, Arg("x", T), Arg("heads", "int"), Arg("buckets", "int", 32),
+       Arg("max_distance", "int", 128), Arg("bidirectional", "bool", True),
+       Arg("context", T, None),
+       doc="T5 relative position bias [heads, Tq, Tk], for attention(..., position_bias = b)")
+def relative_bias(b, x, heads, buckets, max_distance, bidirectional, context):
+    table = b.param("weight", (buckets, heads), "normal:0.02")
+    ids = b.op("relative_buckets", x, x if context is None else context, num_buckets=buckets,
+               max_distance=max_distance, bidirectional=bidirectional)
+    return b.op("transpose", b.op("gather", table, ids), perm=(2, 0, 1))  # [H, Tq, Tk]

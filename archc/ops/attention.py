@@ -172,3 +172,56 @@ def _repeat_kv_onnx(b, k, groups):
 
 register_op("repeat_kv", 1, {"groups": True}, infer=_repeat_kv_infer,
             numpy=lambda k, groups: np.repeat(k, groups, axis=1), onnx=_repeat_kv_onnx)
+
+
+def _buckets_infer(q: TensorType, k: TensorType, num_buckets: int, max_distance: int,
+                   bidirectional: bool) -> TensorType:
+    return TensorType("int64", (q.shape[-2], k.shape[-2]))
+
+
+def _buckets(q, k, num_buckets, max_distance, bidirectional):  # -> [Tq, Tk] bucket ids
+    """T5's bucketing of the relative position k - q: exact below num_buckets/2 (per
+    direction), then logarithmic up to max_distance, then the last bucket."""
+    tq, tk = q.shape[-2], k.shape[-2]
+    rel = np.arange(tk)[None, :] - (np.arange(tq)[:, None] + (tk - tq))
+    out = np.zeros_like(rel)
+    n = num_buckets
+    if bidirectional:
+        n //= 2
+        out += (rel > 0) * n
+        rel = np.abs(rel)
+    else:
+        rel = -np.minimum(rel, 0)
+    exact = n // 2
+    scaled = np.log(np.maximum(rel, 1).astype(np.float32) / np.float32(exact)) / np.float32(
+        np.log(max_distance / exact)) * np.float32(n - exact)
+    large = np.minimum(exact + scaled.astype(np.int64), n - 1)
+    return out + np.where(rel < exact, rel, large)
+
+
+def _buckets_onnx(b, q, k, num_buckets, max_distance, bidirectional):
+    i64 = lambda v: b.const(np.array(v, np.int64))  # noqa: E731
+    tq, tk = b.dim(q, -2), b.dim(k, -2)
+    qpos = b.op("Add", b.op("Range", i64(0), tq, i64(1)), b.op("Sub", tk, tq))
+    rel = b.op("Sub", b.op("Range", i64(0), tk, i64(1)),
+               b.op("Unsqueeze", qpos, b.const(np.array([1], np.int64))))
+    n = num_buckets
+    if bidirectional:
+        n //= 2
+        out = b.op("Mul", b.op("Cast", b.op("Greater", rel, i64(0)), to=7), i64(n))
+        rel = b.op("Abs", rel)
+    else:
+        out = None
+        rel = b.op("Neg", b.op("Min", rel, i64(0)))
+    exact = n // 2
+    ratio = b.op("Div", b.op("Cast", b.op("Max", rel, i64(1)), to=1), b.scalar(exact))
+    scaled = b.op("Mul", b.op("Div", b.op("Log", ratio), b.scalar(np.log(max_distance / exact))),
+                  b.scalar(n - exact))
+    large = b.op("Min", b.op("Add", b.op("Cast", scaled, to=7), i64(exact)), i64(n - 1))
+    bucket = b.op("Where", b.op("Less", rel, i64(exact)), rel, large)
+    return bucket if out is None else b.op("Add", out, bucket)
+
+
+register_op("relative_buckets", 2, {"num_buckets": True, "max_distance": True,
+                                     "bidirectional": True},
+            infer=_buckets_infer, numpy=_buckets, onnx=_buckets_onnx)
