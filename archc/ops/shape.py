@@ -15,7 +15,7 @@ def _reshape_infer(x: TensorType, shape: tuple[int, ...]) -> TensorType:
         rest = [d for i, d in enumerate(x.shape) if not (i < len(shape) and shape[i] == 0)]
         if any(isinstance(d, str) for d in rest):
             raise ShapeError(f"cannot infer -1 when reshaping {x} to {fmt_shape(shape)}")
-        known = numel(tuple(d for d in out if d != -1))
+        known = numel(tuple(d for d in shape if d not in (0, -1)))
         out[out.index(-1)] = numel(tuple(rest)) // max(known, 1)
     if all(isinstance(d, int) for d in (*out, *x.shape)) and numel(out) != numel(x.shape):
         raise ShapeError(f"cannot reshape {x} to {fmt_shape(tuple(out))}")
