@@ -46,8 +46,8 @@ CASES: dict[str, list[tuple[list[np.ndarray], dict]]] = {
     "gather": [([f32(10, 4), rng.integers(0, 10, (2, 3))], {})],
     "take": [([f32(2, 5, 4)], {"axis": 1, "index": 0})],
     "positions": [([f32(2, 7, 3)], {"axis": 1, "offset": 2})],
-    "causal_mask": [([f32(1, 2, 5, 4), f32(1, 2, 7, 4)], {"window": 0}),
-                    ([f32(1, 2, 6, 4), f32(1, 2, 6, 4)], {"window": 3})],
+    "causal_mask": [([np.arange(2, 7), np.arange(7)], {"window": 0}),
+                    ([np.arange(6), np.arange(6)], {"window": 3})],
     "padding_mask": [([np.array([[1, 1, 0], [0, 1, 1]], np.int64)], {})],
     "rope_angles": [([np.arange(5, dtype=np.int64)], {"dim": 8, "theta": 10000.0})],
     "rope": [([f32(2, 3, 5, 8), f32(5, 4)], {"interleaved": False}),
@@ -55,10 +55,10 @@ CASES: dict[str, list[tuple[list[np.ndarray], dict]]] = {
              ([f32(2, 3, 5, 8), f32(5, 3)], {"interleaved": False})],
     "sinusoidal": [([np.arange(6, dtype=np.int64)], {"dim": 8})],
     "repeat_kv": [([f32(2, 2, 5, 4)], {"groups": 3})],
-    "relative_buckets": [([f32(1, 9, 4), f32(1, 40, 4)], {"num_buckets": 32, "max_distance": 20,
-                                                          "bidirectional": True}),
-                         ([f32(1, 30, 4), f32(1, 30, 4)], {"num_buckets": 16, "max_distance": 12,
-                                                           "bidirectional": False})],
+    "relative_buckets": [([np.arange(31, 40), np.arange(40)], {
+                             "num_buckets": 32, "max_distance": 20, "bidirectional": True}),
+                         ([np.arange(30), np.arange(30)], {
+                             "num_buckets": 16, "max_distance": 12, "bidirectional": False})],
 }
 
 
@@ -108,8 +108,8 @@ def test_kernels_match_independent_formulas():
     d2 = float((rot(q, 12) * rot(k, 10)).sum())
     assert abs(d1 - d2) < 1e-4
     # T5 buckets at known points (from the published bucketing: exact below 8, log up to 128)
-    z = np.zeros((1, 200, 1))
-    b = OPS["relative_buckets"].numpy(z, z, num_buckets=32, max_distance=128,
+    b = OPS["relative_buckets"].numpy(np.arange(200), np.arange(200), num_buckets=32,
+                                      max_distance=128,
                                       bidirectional=True)[0]  # query 0 against keys 0..199
     assert [b[0], b[1], b[7], b[8], b[12], b[199]] == [0, 17, 23, 24, 25, 31]
     assert b[63] == 16 + 8 + int(np.log(63 / 8) / np.log(128 / 8) * 8)

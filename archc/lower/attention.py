@@ -41,7 +41,7 @@ def attention(b: LayerBuilder, x, heads, kv_heads, head_dim, causal, mask, windo
         rot = rope.dim or int(hd * rope.fraction)
         if rot % 2 or not 0 < rot <= hd:
             b.fail("E0200", f"rotary dim {rot} must be even and within head_dim {hd}", "here")
-        angles = b.op("rope_angles", b.op("positions", x, axis=1), dim=rot, theta=rope.theta)
+        angles = b.op("rope_angles", b.positions(x), dim=rot, theta=rope.theta)
         q = b.op("rope", q, angles, interleaved=rope.interleaved)
         k = b.op("rope", k, angles, interleaved=rope.interleaved)
     if kv_heads != heads:
@@ -54,7 +54,7 @@ def attention(b: LayerBuilder, x, heads, kv_heads, head_dim, causal, mask, windo
         scores = b.op("mul", b.op("tanh", b.op("div", scores, cap)), cap)
     if position_bias is not None:  # [1 or B, H, Tq, Tk], added before masking (T5, ALiBi)
         scores = b.op("add", scores, position_bias)
-    keep = _keep_mask(b, q, k, causal, window, mask if context is None else context_mask)
+    keep = _keep_mask(b, x, source, causal, window, mask if context is None else context_mask)
     if keep is not None:
         scores = b.op("mask_fill", scores, keep)
     probs = b.op("softmax", scores, axis=-1)
@@ -82,8 +82,10 @@ def _heads(b: LayerBuilder, x, n: int, hd: int):
     return b.op("transpose", b.op("reshape", x, shape=(0, 0, n, hd)), perm=(0, 2, 1, 3))
 
 
-def _keep_mask(b: LayerBuilder, q, k, causal: bool, window: int, mask):
-    keep = b.op("causal_mask", q, k, window=window) if causal or window else None
+def _keep_mask(b: LayerBuilder, x, source, causal: bool, window: int, mask):
+    keep = None
+    if causal or window:
+        keep = b.op("causal_mask", b.positions(x), b.positions(source), window=window)
     if window and not causal:
         b.fail("E0200", "a sliding `window` needs `causal`", "here")
     if mask is not None:

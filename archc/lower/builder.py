@@ -69,6 +69,16 @@ class LayerBuilder:
         self.diags.error(code, message, span or self.span, label, help=help)
         raise LayerFailed
 
+    def positions(self, x: Node, axis: int = 1) -> Node:
+        """Positions 0..T-1 along x's `axis`, read from the graph input that defines that dim's
+        symbol when it has one, so that every layer's positions (and masks) are one node."""
+        d = x.type.shape[axis]
+        for inp in self.graph.inputs.values():
+            if isinstance(d, str) and d in inp.type.shape:
+                x, axis = inp, inp.type.shape.index(d)
+                break
+        return self.op("positions", x, axis=axis % x.type.rank)
+
     def dim(self, x: Node, axis: int = -1) -> int:
         d = x.type.shape[axis]
         if not isinstance(d, int):

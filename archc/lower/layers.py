@@ -79,7 +79,10 @@ def type_embed(b, ids, types, dim):
        Arg("offset", "int", 0), doc="learned absolute positions for x's seq axis -> [T,dim]")
 def pos_embed(b, x, max_pos, dim, offset):
     w = b.param("weight", (max_pos + offset, dim), "normal:0.02", role="position_embedding")
-    return b.op("gather", w, b.op("positions", x, axis=1, offset=offset))
+    pos = b.positions(x)
+    if offset:
+        pos = b.op("add", pos, b.const(offset, np.int64))
+    return b.op("gather", w, pos)
 
 
 @layer("sinusoidal", 2, Arg("x", T), Arg("dim", "int"), owns=False,
@@ -87,7 +90,7 @@ def pos_embed(b, x, max_pos, dim, offset):
 def sinusoidal(b, x, dim):
     if dim % 2:
         b.fail("E0200", f"sinusoidal positions need an even dim, got {dim}", "here")
-    return b.op("sinusoidal", b.op("positions", x, axis=1), dim=dim)
+    return b.op("sinusoidal", b.positions(x), dim=dim)
 
 
 # ---------------------------------------------------------------- norms
@@ -219,6 +222,7 @@ NUMERIC = {"sqrt": np.sqrt, "exp": np.exp, "tanh": np.tanh}  # these also work o
        doc="T5 relative position bias [heads, Tq, Tk], for attention(..., position_bias = b)")
 def relative_bias(b, x, heads, buckets, max_distance, bidirectional, context):
     table = b.param("weight", (buckets, heads), "normal:0.02")
-    ids = b.op("relative_buckets", x, x if context is None else context, num_buckets=buckets,
+    kpos = b.positions(x if context is None else context)
+    ids = b.op("relative_buckets", b.positions(x), kpos, num_buckets=buckets,
                max_distance=max_distance, bidirectional=bidirectional)
     return b.op("transpose", b.op("gather", table, ids), perm=(2, 0, 1))  # [H, Tq, Tk]

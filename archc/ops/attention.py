@@ -1,8 +1,9 @@
 """Attention helpers: masks built from dynamic lengths, rotary and sinusoidal position encodings.
 
 Scores are `[B, H, Tq, Tk]`. Masks are bool "keep" tensors that broadcast against them, applied
-with `mask_fill`. Query i sits at absolute position `i + (Tk - Tq)` (queries are the last Tq
-of the Tk keys), which is what a KV cache needs later.
+with `mask_fill`. Causal masks and relative buckets are built from position vectors (`qpos`
+[Tq], `kpos` [Tk]), not from q and k themselves: every layer then shares one mask, and a KV
+cache only has to offset the query positions.
 """
 
 from __future__ import annotations
@@ -13,31 +14,25 @@ from archc.ir.types import ShapeError, TensorType
 from archc.ops.registry import expect_dtype, register_op
 
 
-def _causal_infer(q: TensorType, k: TensorType, window: int = 0) -> TensorType:
-    return TensorType("bool", (q.shape[-2], k.shape[-2]))
+def _causal_infer(qpos: TensorType, kpos: TensorType, window: int = 0) -> TensorType:
+    expect_dtype(qpos, "int64", what="query positions")
+    return TensorType("bool", (qpos.shape[-1], kpos.shape[-1]))
 
 
-def _causal(q, k, window: int = 0):  # q [.., Tq, D], k [.., Tk, D] -> keep [Tq, Tk]
-    tq, tk = q.shape[-2], k.shape[-2]
-    i = np.arange(tq)[:, None] + (tk - tq)
-    j = np.arange(tk)[None, :]
+def _causal(qpos, kpos, window: int = 0):  # [Tq], [Tk] -> keep [Tq, Tk]
+    i, j = qpos[:, None], kpos[None, :]
     keep = j <= i
     if window:  # sliding window: each query sees itself and the window-1 keys before it
         keep &= j > i - window
     return keep
 
 
-def _causal_onnx(b, q, k, window: int = 0):
-    one = b.const(np.array(1, np.int64))
-    zero = b.const(np.array(0, np.int64))
-    tq, tk = b.dim(q, -2), b.dim(k, -2)
-    i = b.op("Add", b.op("Range", zero, tq, one), b.op("Sub", tk, tq))
-    i = b.op("Unsqueeze", i, b.const(np.array([1], np.int64)))
-    j = b.op("Range", zero, tk, one)
-    keep = b.op("LessOrEqual", j, i)
+def _causal_onnx(b, qpos, kpos, window: int = 0):
+    i = b.op("Unsqueeze", qpos, b.const(np.array([1], np.int64)))
+    keep = b.op("LessOrEqual", kpos, i)
     if window:
         lower = b.op("Sub", i, b.const(np.array(window, np.int64)))
-        keep = b.op("And", keep, b.op("Greater", j, lower))
+        keep = b.op("And", keep, b.op("Greater", kpos, lower))
     return keep
 
 
@@ -174,16 +169,15 @@ register_op("repeat_kv", 1, {"groups": True}, infer=_repeat_kv_infer,
             numpy=lambda k, groups: np.repeat(k, groups, axis=1), onnx=_repeat_kv_onnx)
 
 
-def _buckets_infer(q: TensorType, k: TensorType, num_buckets: int, max_distance: int,
+def _buckets_infer(qpos: TensorType, kpos: TensorType, num_buckets: int, max_distance: int,
                    bidirectional: bool) -> TensorType:
-    return TensorType("int64", (q.shape[-2], k.shape[-2]))
+    return TensorType("int64", (qpos.shape[-1], kpos.shape[-1]))
 
 
-def _buckets(q, k, num_buckets, max_distance, bidirectional):  # -> [Tq, Tk] bucket ids
+def _buckets(qpos, kpos, num_buckets, max_distance, bidirectional):  # [Tq], [Tk] -> [Tq, Tk]
     """T5's bucketing of the relative position k - q: exact below num_buckets/2 (per
     direction), then logarithmic up to max_distance, then the last bucket."""
-    tq, tk = q.shape[-2], k.shape[-2]
-    rel = np.arange(tk)[None, :] - (np.arange(tq)[:, None] + (tk - tq))
+    rel = kpos[None, :] - qpos[:, None]
     out = np.zeros_like(rel)
     n = num_buckets
     if bidirectional:
@@ -199,12 +193,9 @@ def _buckets(q, k, num_buckets, max_distance, bidirectional):  # -> [Tq, Tk] buc
     return out + np.where(rel < exact, rel, large)
 
 
-def _buckets_onnx(b, q, k, num_buckets, max_distance, bidirectional):
+def _buckets_onnx(b, qpos, kpos, num_buckets, max_distance, bidirectional):
     i64 = lambda v: b.const(np.array(v, np.int64))  # noqa: E731
-    tq, tk = b.dim(q, -2), b.dim(k, -2)
-    qpos = b.op("Add", b.op("Range", i64(0), tq, i64(1)), b.op("Sub", tk, tq))
-    rel = b.op("Sub", b.op("Range", i64(0), tk, i64(1)),
-               b.op("Unsqueeze", qpos, b.const(np.array([1], np.int64))))
+    rel = b.op("Sub", kpos, b.op("Unsqueeze", qpos, b.const(np.array([1], np.int64))))
     n = num_buckets
     if bidirectional:
         n //= 2
