@@ -103,7 +103,8 @@ class Collector:
     def error(self, code: str, message: str, span: Span | None = None, label: str = "",
               notes: tuple[str, ...] = (), help: str | None = None) -> None:
         diag = Diagnostic(code, message, span, label, notes, help)
-        if diag not in self.diagnostics:  # a repeated layer reports its problem once
+        key = (code, message, span)  # a repeated layer reports its problem once
+        if all((d.code, d.message, d.span) != key for d in self.diagnostics):
             self.diagnostics.append(diag)
 
     def raise_if_any(self) -> None:

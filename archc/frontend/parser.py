@@ -49,6 +49,8 @@ def parse(text: str, path: str = "<spec>") -> ast.Module:
 
 
 def _human(expected: set[str]) -> str:
+    closers = expected & {"RPAR", "RBRACE", "RSQB"}
+    expected = closers or expected  # at a cut-off, the missing closer is what matters
     names = sorted({_HUMAN.get(t, f"`{t.lower()}`") for t in expected})
     if len(names) > 6:
         names = [*names[:6], "..."]

@@ -271,17 +271,20 @@ class Evaluator:
         if args is None:
             return POISON
         prefix = self._name_layer(e, e.func) if layer.owns else self.scope.prefix
+        if prefix is None:
+            return POISON
         b = LayerBuilder(self.graph, self.diags, prefix, e.span, self.shared, self.uses)
         try:
             return layer.lower(b, **args)
         except LayerFailed:
             return POISON
 
-    def _name_layer(self, e: ast.Call, default: str) -> str:
+    def _name_layer(self, e: ast.Call, default: str) -> str | None:
         if e.alias is not None:
             if e.alias in self.scope.named:
                 self.err("E0105", f"the name `{e.alias}` is used twice in this scope", e.span,
-                         "second use")
+                         "second use", help="layers in one scope need distinct names")
+                return None
             self.scope.named.add(e.alias)
             name = e.alias
         else:
@@ -324,8 +327,10 @@ class Evaluator:
             return POISON
         env.vars.update(values)
         outer_env, outer_scope = self.env, self.scope
-        self.env, self.scope, self.depth = env, Scope(self._name_layer(e, blk.node.name)), \
-            self.depth + 1
+        prefix = self._name_layer(e, blk.node.name)
+        if prefix is None:
+            return POISON
+        self.env, self.scope, self.depth = env, Scope(prefix), self.depth + 1
         try:
             self.block(blk.node.body)
             result = None
