@@ -42,6 +42,12 @@ class OnnxBuilder:
                                            name=f"{op_type}_{len(self.nodes)}", **attrs))
         return out
 
+    def op_multi(self, op_type: str, *inputs: str, n: int, **attrs) -> list[str]:
+        outs = [self.fresh(op_type.lower()) for _ in range(n)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs,
+                                           name=f"{op_type}_{len(self.nodes)}", **attrs))
+        return outs
+
     def const(self, value: np.ndarray) -> str:
         value = np.asarray(value)
         key = (str(value.dtype), value.shape, hashlib.sha256(value.tobytes()).hexdigest())

@@ -76,10 +76,12 @@ def type_embed(b, ids, types, dim):
 
 
 @layer("pos_embed", 3, Arg("x", T), Arg("max_pos", "int"), Arg("dim", "int"),
-       Arg("offset", "int", 0), doc="learned absolute positions for x's seq axis -> [T,dim]")
-def pos_embed(b, x, max_pos, dim, offset):
+       Arg("offset", "int", 0), Arg("mask", T, None),
+       doc="learned absolute positions for x's seq axis -> [T,dim]; with `mask`, positions "
+           "count only unmasked tokens -> [B,T,dim]")
+def pos_embed(b, x, max_pos, dim, offset, mask):
     w = b.param("weight", (max_pos + offset, dim), "normal:0.02", role="position_embedding")
-    pos = b.positions(x)
+    pos = b.positions(x) if mask is None else mask_positions(b, mask)
     if offset:
         pos = b.op("add", pos, b.const(offset, np.int64))
     return b.op("gather", w, pos)
@@ -226,3 +228,39 @@ def relative_bias(b, x, heads, buckets, max_distance, bidirectional, context):
     ids = b.op("relative_buckets", b.positions(x), kpos, num_buckets=buckets,
                max_distance=max_distance, bidirectional=bidirectional)
     return b.op("transpose", b.op("gather", table, ids), perm=(2, 0, 1))  # [H, Tq, Tk]
+
+
+def mask_positions(b: LayerBuilder, mask: Node) -> Node:
+    """Positions that skip padding: cumsum(mask) * mask - 1, so the first real token is 0 and
+    padding gets -1 (the convention of OPT's and Bloom's position ids)."""
+    return b.op("sub", b.op("mul", b.op("cumsum", mask, axis=-1), mask), b.const(1, np.int64))
+
+
+@layer("alibi", 2, Arg("mask", T), Arg("heads", "int"), owns=False,
+       doc="ALiBi bias [B, heads, 1, Tk]: slope_h * key position, positions counted over mask")
+def alibi(b, mask, heads):
+    from archc.ops.attention import alibi_slopes
+
+    pos = b.op("mul", mask_positions(b, mask), mask)  # (cumsum - 1) * mask: padding at 0
+    pos = b.op("reshape", b.op("cast", pos, to="float32"), shape=(0, 1, 1, -1))
+    return b.op("mul", pos, b.const(alibi_slopes(heads).reshape(heads, 1, 1)))
+
+
+@layer("moe", 4, Arg("x", T), Arg("experts", "int"), Arg("top_k", "int"), Arg("hidden", "int"),
+       Arg("act", "enum", "silu", ACTS),
+       doc="mixture of gated experts: softmax router, top-k, renormalised, GLU experts")
+def moe(b, x, experts, top_k, hidden, act):
+    if not 0 < top_k <= experts:
+        b.fail("E0200", f"`top_k` = {top_k} must be in 1..{experts}", "here")
+    d = b.dim(x)
+    gates = b.op("moe_gates", dense(_sub(b, "router"), x, experts, False), k=top_k)  # [B,T,E]
+    # Every expert runs on every token (dense); the gates zero all but the top k. Exact, and a
+    # later fusion can swap in a sparse kernel.
+    x5 = b.op("reshape", x, shape=(0, 0, 1, 1, d))  # [B,T,1,1,d] @ [E,d,ff] -> [B,T,E,1,ff]
+    sub = _sub(b, "experts")
+    gate = activation(b, b.op("matmul", x5, sub.param("gate", (experts, d, hidden), "xavier")), act)
+    up = b.op("matmul", x5, sub.param("up", (experts, d, hidden), "xavier"))
+    y = b.op("matmul", b.op("mul", gate, up), sub.param("down", (experts, hidden, d), "xavier"))
+    y = b.op("reshape", y, shape=(0, 0, experts, d))  # [B,T,E,d]
+    weighted = b.op("mul", y, b.op("reshape", gates, shape=(0, 0, experts, 1)))
+    return b.op("reduce_sum", weighted, axis=2)

@@ -8,6 +8,8 @@ cache only has to offset the query positions.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from archc.ir.types import ShapeError, TensorType
@@ -216,3 +218,15 @@ def _buckets_onnx(b, qpos, kpos, num_buckets, max_distance, bidirectional):
 register_op("relative_buckets", 2, {"num_buckets": True, "max_distance": True,
                                      "bidirectional": True},
             infer=_buckets_infer, numpy=_buckets, onnx=_buckets_onnx)
+
+
+def alibi_slopes(heads: int) -> np.ndarray:
+    """ALiBi's per-head slopes (Press et al.): a geometric sequence from 2^(-8/n) for the
+    largest power of two n <= heads, then every other slope of the 2n sequence."""
+    n = 2 ** math.floor(math.log2(heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+    slopes = [base ** p for p in range(1, n + 1)]
+    if n != heads:
+        extra = 2.0 ** (-(2.0 ** -(math.log2(2 * n) - 3)))
+        slopes += [extra ** p for p in range(1, 1 + 2 * min(n, heads - n), 2)]
+    return np.array(slopes, np.float32)

@@ -65,3 +65,22 @@ def _rms_norm_onnx(b, x, w, eps: float = 1e-6):
 
 register_op("rms_norm", 2, {"eps": True}, infer=_norm_infer, numpy=_rms_norm,
             onnx=_rms_norm_onnx)
+
+
+def _moe_gates(logits, k: int):  # [..., E] -> [..., E]: softmax, keep the top k, renormalise
+    probs = _softmax(logits.astype(np.float32))
+    kth = -np.sort(-probs, axis=-1)[..., k - 1: k]
+    kept = np.where(probs >= kth, probs, 0)
+    return (kept / kept.sum(axis=-1, keepdims=True)).astype(logits.dtype)
+
+
+def _moe_gates_onnx(b, logits, k: int):
+    probs = b.op("Softmax", logits, axis=-1)
+    values, indices = b.op_multi("TopK", probs, b.const(np.array([k], np.int64)), n=2, axis=-1)
+    norm = b.op("Div", values, b.op("ReduceSum", values, b.const(np.array([-1], np.int64)),
+                                   keepdims=1))
+    zeros = b.op("Mul", probs, b.scalar(0.0))
+    return b.op("ScatterElements", zeros, indices, norm, axis=-1)
+
+
+register_op("moe_gates", 1, {"k": True}, infer=same, numpy=_moe_gates, onnx=_moe_gates_onnx)

@@ -13,10 +13,14 @@ def _reshape_infer(x: TensorType, shape: tuple[int, ...]) -> TensorType:
     out = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
     if -1 in out:
         rest = [d for i, d in enumerate(x.shape) if not (i < len(shape) and shape[i] == 0)]
-        if any(isinstance(d, str) for d in rest):
-            raise ShapeError(f"cannot infer -1 when reshaping {x} to {fmt_shape(shape)}")
+        symbols = [d for d in rest if isinstance(d, str)]
         known = numel(tuple(d for d in shape if d not in (0, -1)))
-        out[out.index(-1)] = numel(tuple(rest)) // max(known, 1)
+        if not symbols:
+            out[out.index(-1)] = numel(tuple(rest)) // max(known, 1)
+        elif len(symbols) == 1 and numel(tuple(rest)) == known:  # the one symbol left is -1
+            out[out.index(-1)] = symbols[0]
+        else:
+            raise ShapeError(f"cannot infer -1 when reshaping {x} to {fmt_shape(shape)}")
     if all(isinstance(d, int) for d in (*out, *x.shape)) and numel(out) != numel(x.shape):
         raise ShapeError(f"cannot reshape {x} to {fmt_shape(tuple(out))}")
     return x.with_shape(out)
@@ -121,3 +125,19 @@ def _positions_onnx(b, x, axis, offset=0):
 
 register_op("positions", 1, {"axis": True, "offset": False}, infer=_positions_infer,
             numpy=_positions, onnx=_positions_onnx)
+
+
+def _reduce_infer(x: TensorType, axis: int, keepdims: bool = False) -> TensorType:
+    ax = axis % x.rank
+    dims = (*x.shape[:ax], 1, *x.shape[ax + 1:]) if keepdims else (*x.shape[:ax], *x.shape[ax + 1:])
+    return x.with_shape(dims)
+
+
+register_op("reduce_sum", 1, {"axis": True, "keepdims": False}, infer=_reduce_infer,
+            numpy=lambda x, axis, keepdims=False: x.sum(axis=axis, keepdims=keepdims),
+            onnx=lambda b, x, axis, keepdims=False: b.op(
+                "ReduceSum", x, b.const(np.array([axis], np.int64)), keepdims=int(keepdims)))
+
+register_op("cumsum", 1, {"axis": True}, infer=lambda x, axis: x,
+            numpy=lambda x, axis: np.cumsum(x, axis=axis).astype(x.dtype),
+            onnx=lambda b, x, axis: b.op("CumSum", x, b.const(np.array(axis, np.int64))))

@@ -1,0 +1,115 @@
+"""Build tiny random Hugging Face checkpoints and their reference logits, for archc's tests.
+
+Needs the `fixtures` extra (torch==2.13.0, transformers); the tests themselves need neither.
+For each family: a tiny config, a model whose EVERY parameter and persistent buffer is
+re-randomised (the default init leaves biases at 0 and norm scales at 1, which would hide a
+dropped bias), `config.json` + `model.safetensors` written by `save_pretrained`, and
+`reference.npz` with inputs and float32 eager-attention logits: the full sequence, and the same
+sequence decoded incrementally (a prefill of K tokens, then one token at a time with the cache).
+
+    python tools/make_fixtures.py [FAMILY ...]      # default: every family
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hf"
+SEQ, PREFILL, PAD = 9, 5, 3  # row 1 of the batch has PAD left-padding tokens
+
+COMMON = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=48, max_position_embeddings=64)
+
+FAMILIES: dict[str, tuple[str, dict]] = {
+    "gpt2": ("GPT2LMHeadModel", dict(vocab_size=96, n_embd=32, n_layer=2, n_head=4,
+                                     n_positions=64, activation_function="gelu_new")),
+    "llama": ("LlamaForCausalLM", dict(COMMON, num_key_value_heads=2, rope_theta=5000.0)),
+    "mistral": ("MistralForCausalLM", dict(COMMON, num_key_value_heads=2, sliding_window=4)),
+    "mixtral": ("MixtralForCausalLM", dict(COMMON, num_key_value_heads=2, num_local_experts=4,
+                                           num_experts_per_tok=2, sliding_window=None)),
+    "qwen2": ("Qwen2ForCausalLM", dict(COMMON, num_key_value_heads=2)),
+    "gemma": ("GemmaForCausalLM", dict(COMMON, num_key_value_heads=1, head_dim=16)),
+    "gemma2": ("Gemma2ForCausalLM", dict(COMMON, num_hidden_layers=4, num_key_value_heads=2,
+                                         head_dim=16, sliding_window=4,
+                                         query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                                         final_logit_softcapping=3.0)),
+    "phi": ("PhiForCausalLM", dict(COMMON, partial_rotary_factor=0.5)),
+    "gpt_neox": ("GPTNeoXForCausalLM", dict(COMMON, rotary_pct=0.25, use_parallel_residual=True)),
+    "gptj": ("GPTJForCausalLM", dict(vocab_size=96, n_embd=32, n_layer=2, n_head=4, rotary_dim=4,
+                                     n_positions=64)),
+    "falcon": ("FalconForCausalLM", dict(vocab_size=96, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=4, multi_query=True,
+                                         parallel_attn=True, new_decoder_architecture=False,
+                                         bias=False, alibi=False)),
+    "bloom": ("BloomForCausalLM", dict(vocab_size=96, hidden_size=32, n_layer=2, n_head=4)),
+    "opt": ("OPTForCausalLM", dict(vocab_size=96, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=4, ffn_dim=48, max_position_embeddings=64,
+                                   word_embed_proj_dim=32)),
+}
+
+
+def randomise(model, seed: int) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in list(model.named_parameters()) + list(model.named_buffers()):
+            if not p.is_floating_point() or "inv_freq" in name or name.endswith("masked_bias"):
+                continue
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            else:  # norm scales (and Gemma's zero-centred ones)
+                p.copy_(p + torch.randn(p.shape, generator=g) * 0.2)
+
+
+def reference(model, vocab: int, seed: int) -> dict[str, np.ndarray]:
+    import torch
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (2, SEQ))
+    mask = np.ones((2, SEQ), np.int64)
+    mask[1, :PAD] = 0
+    t_ids, t_mask = torch.tensor(ids), torch.tensor(mask)
+    with torch.no_grad():
+        full = model(input_ids=t_ids, attention_mask=t_mask).logits.numpy()
+        out = model(input_ids=t_ids[:, :PREFILL], attention_mask=t_mask[:, :PREFILL],
+                    use_cache=True)
+        steps, past = [out.logits.numpy()], out.past_key_values
+        for t in range(PREFILL, SEQ):
+            out = model(input_ids=t_ids[:, t:t + 1], attention_mask=t_mask[:, :t + 1],
+                        past_key_values=past, use_cache=True)
+            steps.append(out.logits.numpy())
+            past = out.past_key_values
+    return {"input_ids": ids, "attention_mask": mask, "logits": full,
+            "incremental_logits": np.concatenate(steps, axis=1), "prefill": np.array(PREFILL)}
+
+
+def make(family: str, seed: int = 0) -> None:
+    import torch
+    import transformers
+
+    arch, kwargs = FAMILIES[family]
+    cfg_cls = transformers.AutoConfig.for_model(family, **kwargs)
+    cfg_cls._attn_implementation = "eager"
+    model = getattr(transformers, arch)(cfg_cls).eval().to(torch.float32)
+    randomise(model, seed)
+    path = OUT / family
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    np.savez(path / "reference.npz", **reference(model, cfg_cls.vocab_size, seed))
+    for extra in ("generation_config.json",):
+        (path / extra).unlink(missing_ok=True)
+    cfg = json.loads((path / "config.json").read_text())
+    print(f"{family}: {sum(p.numel() for p in model.parameters())} params, "
+          f"{len(cfg)} config keys -> {path}")
+
+
+if __name__ == "__main__":
+    for fam in sys.argv[1:] or FAMILIES:
+        make(fam)
