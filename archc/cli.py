@@ -118,6 +118,15 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_import_hf(args) -> int:
+    from archc.hf import import_hf
+
+    result = import_hf(args.checkpoint, args.output, config_only=args.config_only)
+    wrote = ["model.arch"] + ([] if result.weights is None else ["model.safetensors"])
+    print(f"wrote {', '.join(f'{args.output}/{w}' for w in wrote)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="archc", description="architecture compiler for "
                                 "transformer models")
@@ -147,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seq", type=int, default=8)
     r.add_argument("--out", required=True, help="an .npz to write every output to")
     r.add_argument("--backend", choices=("numpy", "onnxruntime"), default="numpy")
+    h = sub.add_parser("import-hf", help="import a Hugging Face checkpoint folder")
+    h.add_argument("checkpoint", help="a folder with config.json and model.safetensors")
+    h.add_argument("-o", "--output", required=True, help="folder to write model.arch (and "
+                   "model.safetensors) to")
+    h.add_argument("--config-only", action="store_true", help="read only config.json; write "
+                   "only the spec")
+    h.set_defaults(fn=cmd_import_hf)
     s = command("stats", cmd_stats, "exact parameter counts", opt=False)
     s.add_argument("--json", action="store_true")
     return p
