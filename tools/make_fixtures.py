@@ -2,7 +2,8 @@
 
 Needs the `fixtures` extra (torch==2.13.0, transformers); the tests themselves need neither.
 For each family: a tiny config, a model whose EVERY parameter and persistent buffer is
-re-randomised (the default init leaves biases at 0 and norm scales at 1, which would hide a
+re-randomised (non-persistent buffers such as rotary caches are derived, not stored, and stay
+as built; the default init leaves biases at 0 and norm scales at 1, which would hide a
 dropped bias), `config.json` + `model.safetensors` written by `save_pretrained`, and
 `reference.npz` with inputs and float32 eager-attention logits: the full sequence, and the same
 sequence decoded incrementally (a prefill of K tokens, then one token at a time with the cache).
@@ -56,9 +57,10 @@ def randomise(model, seed: int) -> None:
     import torch
 
     g = torch.Generator().manual_seed(seed)
+    saved = set(model.state_dict())  # parameters and persistent buffers: what the file holds
     with torch.no_grad():
         for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-            if not p.is_floating_point() or "inv_freq" in name or name.endswith("masked_bias"):
+            if name not in saved or not p.is_floating_point():
                 continue
             if p.ndim >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)

@@ -10,8 +10,8 @@ from archc.hf.decoder import Decoder
 
 def decoder(c):
     if c.get("apply_residual_connection_post_layernorm", default=False):
-        raise ArchcError([Diagnostic("E0504", "bloom with "
-                                     "`apply_residual_connection_post_layernorm` is not supported")])
+        raise ArchcError([Diagnostic("E0504", "bloom with `apply_residual_connection_post_"
+                                     "layernorm` is not supported")])
     d = c.get("hidden_size", "n_embed")
     return Decoder(
         name="bloom", vocab=c.get("vocab_size"), d=d, heads=c.get("n_head", "num_attention_heads"),

@@ -38,7 +38,7 @@ class Decoder:
     rope: dict | None = None  # theta, fraction | dim, interleaved
     qkv_bias: bool = False
     out_bias: bool = False
-    scale: float | None = None
+    scale: str | None = None  # a score-scale expression, e.g. "256 ** -0.5"
     softcap: float = 0.0
     window: int = 0
     window_layers: list[int] | None = None  # None: every layer (when window > 0)
@@ -64,7 +64,8 @@ class Decoder:
         if self.window:
             lets.append(f"window = {self.window}")
         lines = [f"# {c}" for c in self.comment]
-        lines += [f"model {self.name} {{", "  let " + ", ".join(lets), "",
+        let = _wrap("let ", lets, "", width=96, indent=4)
+        lines += [f"model {self.name} {{", *("  " + x for x in let), "",
                   "  input input_ids: int64[batch, seq]",
                   "  input attention_mask: int64[batch, seq]", "",
                   "  x = embed(input_ids, vocab, d) as embed_tokens"]
@@ -119,7 +120,7 @@ class Decoder:
             opts += [f"qkv_bias = {str(self.qkv_bias).lower()}",
                      f"out_bias = {str(self.out_bias).lower()}"]
         if self.scale is not None:
-            opts.append(f"scale = {self.scale!r}")
+            opts.append(f"scale = {self.scale}")
         if self.softcap:
             opts.append(f"softcap = {self.softcap!r}")
         return _wrap("attention(h, ", opts, ") as self_attn")
@@ -139,20 +140,21 @@ class Decoder:
             out.append(f"if {cond} {{ w = window }} else {{ w = 0 }}")
         out.append(f"h = {self._norm('x')} as input_norm")
         attn = self._attention()
-        if self.block == "sandwich":
-            out += ["a = " + attn[0], *attn[1:]]
-            out.append(f"x = x + {self._norm('a')} as post_attention_norm")
-            out.append(f"f = {self._ffn(self._norm('x') + ' as pre_feedforward_norm')}")
-            out.append(f"x = x + {self._norm('f')} as post_feedforward_norm")
-            return out
         out += ["a = " + attn[0], *attn[1:]]
-        if self.block == "parallel":
+        if self.block == "sandwich":  # a norm before and after each sublayer
+            out.append(f"x = x + {self._norm('a')} as post_attention_norm")
+            out.append(f"h = {self._norm('x')} as pre_feedforward_norm")
+            out.append(f"f = {self._ffn('h')}")
+            out.append(f"x = x + {self._norm('f')} as post_feedforward_norm")
+        elif self.block == "parallel":  # attention and FFN read the same normed input
             out.append(f"x = x + a + {self._ffn('h')}")
         elif self.block == "parallel_two_norms":
-            out.append(f"x = x + a + {self._ffn(self._norm('x') + ' as post_attention_norm')}")
+            out.append(f"g = {self._norm('x')} as post_attention_norm")
+            out.append(f"x = x + a + {self._ffn('g')}")
         else:
             out.append("x = x + a")
-            out.append(f"x = x + {self._ffn(self._norm('x') + ' as post_attention_norm')}")
+            out.append(f"h = {self._norm('x')} as post_attention_norm")
+            out.append(f"x = x + {self._ffn('h')}")
         return out
 
     def _head(self) -> list[str]:
@@ -170,13 +172,13 @@ class Decoder:
         return [f"  y = {final}", f"  output logits = {logits}"]
 
 
-def _wrap(head: str, opts: list[str], tail: str, width: int = 84) -> list[str]:
+def _wrap(head: str, opts: list[str], tail: str, width: int = 84, indent: int = 14) -> list[str]:
     lines, cur = [], head
     for i, o in enumerate(opts):
         piece = o + (", " if i < len(opts) - 1 else "")
         if len(cur) + len(piece) > width and cur.strip() != head.strip():
             lines.append(cur.rstrip())
-            cur = " " * 14
+            cur = " " * indent
         cur += piece
     lines.append(cur + tail)
     return lines

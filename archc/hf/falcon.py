@@ -33,7 +33,7 @@ def decoder(c):
 def weights(c, dec, t):
     out = {"embed_tokens.weight": t.take("transformer.word_embeddings.weight",
                                          (dec.vocab, dec.d))}
-    hd, q, kv = common.dims(dec)
+    _, q, kv = common.dims(dec)
     new = c.get("new_decoder_architecture", default=False)
     layout = "per_group" if new else ("blocks" if dec.kv_heads == 1 else "per_head")
     for i in range(dec.layers):

@@ -8,7 +8,7 @@ from archc.hf import common, gemma, llama
 def decoder(c):
     dec = gemma.decoder(c)
     dec.block = "sandwich"
-    dec.scale = float(c.get("query_pre_attn_scalar")) ** -0.5
+    dec.scale = f"{c.get('query_pre_attn_scalar')} ** -0.5"
     dec.softcap = float(c.get("attn_logit_softcapping", default=0.0) or 0.0)
     dec.final_softcap = float(c.get("final_logit_softcapping", default=0.0) or 0.0)
     if c.get("layer_types", default=None) is None and c.get("sliding_window", default=None):
