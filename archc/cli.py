@@ -109,7 +109,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_stats(args) -> int:
+def cmd_stats(args) -> int:  # counts come from the lowered graph: no passes, no weights
     from archc.lower import lower
     from archc.stats import format_stats, param_stats
 

@@ -26,15 +26,24 @@ def param_stats(graph: Graph) -> dict:
         total += n
         dup += n * max(1, graph.param_uses.get(name, 1))
         buckets[BUCKETS[p.attrs.get("role", "other")]] += n
+    # Per token, a mixture-of-experts layer runs top_k of its experts.
+    idle = sum(numel(graph.params[n].type.shape) * (m["experts"] - m["top_k"]) // m["experts"]
+               for m in graph.meta.get("moe", []) for n in m["params"])
+    kv = graph.meta.get("kv_per_token", 0)
     return {"model": graph.name, "parameters": total, "with_duplicates": dup,
-            "tensors": len(graph.params), "breakdown": buckets}
+            "active_per_token": total - idle, "tensors": len(graph.params), "breakdown": buckets,
+            "kv_cache_bytes_per_token": {"float32": 4 * kv, "float16": 2 * kv}}
 
 
 def format_stats(s: dict) -> str:
-    width = max(len(k) for k in s["breakdown"])
-    lines = [f"model {s['model']}",
-             f"  parameters        {s['parameters']:>16,}",
-             f"  with duplicates   {s['with_duplicates']:>16,}  (tied/shared weights per use)",
-             f"  tensors           {s['tensors']:>16,}"]
-    lines += [f"    {k:<{width}} {v:>16,}" for k, v in s["breakdown"].items()]
+    kv = s["kv_cache_bytes_per_token"]
+    rows = [("parameters", s["parameters"], ""),
+            ("with duplicates", s["with_duplicates"], "  (tied/shared weights per use)"),
+            ("active per token", s["active_per_token"], "  (mixture of experts: top-k only)"),
+            ("tensors", s["tensors"], "")]
+    rows += [(f"  {k}", v, "") for k, v in s["breakdown"].items()]
+    rows += [("KV cache bytes/token", kv["float32"], f"  (float32; float16: {kv['float16']:,})")]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"model {s['model']}"]
+    lines += [f"  {k:<{width}} {v:>16,}{note}" for k, v, note in rows]
     return "\n".join(lines)

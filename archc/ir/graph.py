@@ -61,6 +61,7 @@ class Graph:
         self.params: dict[str, Node] = {}
         self.outputs: dict[str, Node] = {}
         self.param_uses: dict[str, int] = {}  # how many layers use each param (tied/shared)
+        self.meta: dict[str, Any] = {}  # facts lowering records for `stats` (KV cache, MoE)
 
     # ------------------------------------------------------------ construction
     def _add(self, node: Node) -> Node:

@@ -34,6 +34,8 @@ def attention(b: LayerBuilder, x, heads, kv_heads, head_dim, causal, mask, windo
     qkv_bias = bias if qkv_bias is None else qkv_bias
     out_bias = bias if out_bias is None else out_bias
     source = x if context is None else context
+    if context is None:  # cached keys and values per token: k and v, kv_heads x head_dim each
+        b.graph.meta["kv_per_token"] = b.graph.meta.get("kv_per_token", 0) + 2 * kv_heads * hd
     q = _heads(b, dense(_sub(b, "q"), x, heads * hd, qkv_bias), heads, hd)
     k = _heads(b, dense(_sub(b, "k"), source, kv_heads * hd, qkv_bias), kv_heads, hd)
     v = _heads(b, dense(_sub(b, "v"), source, kv_heads * hd, qkv_bias), kv_heads, hd)

@@ -258,9 +258,14 @@ def moe(b, x, experts, top_k, hidden, act):
     # later fusion can swap in a sparse kernel.
     x5 = b.op("reshape", x, shape=(0, 0, 1, 1, d))  # [B,T,1,1,d] @ [E,d,ff] -> [B,T,E,1,ff]
     sub = _sub(b, "experts")
-    gate = activation(b, b.op("matmul", x5, sub.param("gate", (experts, d, hidden), "xavier")), act)
-    up = b.op("matmul", x5, sub.param("up", (experts, d, hidden), "xavier"))
-    y = b.op("matmul", b.op("mul", gate, up), sub.param("down", (experts, hidden, d), "xavier"))
+    wg, wu, wd = (sub.param("gate", (experts, d, hidden), "xavier"),
+                  sub.param("up", (experts, d, hidden), "xavier"),
+                  sub.param("down", (experts, hidden, d), "xavier"))
+    b.graph.meta.setdefault("moe", []).append(
+        {"params": [wg.name, wu.name, wd.name], "experts": experts, "top_k": top_k})
+    gate = activation(b, b.op("matmul", x5, wg), act)
+    up = b.op("matmul", x5, wu)
+    y = b.op("matmul", b.op("mul", gate, up), wd)
     y = b.op("reshape", y, shape=(0, 0, experts, d))  # [B,T,E,d]
     weighted = b.op("mul", y, b.op("reshape", gates, shape=(0, 0, experts, 1)))
     return b.op("reduce_sum", weighted, axis=2)

@@ -1,0 +1,40 @@
+"""`archc stats` on full-size configs imported with --config-only gives the published counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import archc
+from archc.hf import import_hf
+from archc.stats import param_stats
+
+LLAMA2_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 32000,
+             "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-05,
+             "rope_theta": 10000.0, "tie_word_embeddings": False, "hidden_act": "silu"}
+MISTRAL_7B = {**LLAMA2_7B, "architectures": ["MistralForCausalLM"], "model_type": "mistral",
+              "intermediate_size": 14336, "num_key_value_heads": 8, "sliding_window": 4096}
+MIXTRAL_8X7B = {**MISTRAL_7B, "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+                "num_local_experts": 8, "num_experts_per_tok": 2, "sliding_window": None,
+                "rope_theta": 1e6}
+GPT2 = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 50257,
+        "n_embd": 768, "n_layer": 12, "n_head": 12, "n_positions": 1024}
+
+
+@pytest.mark.parametrize("config, total, active, kv_bytes", [
+    (LLAMA2_7B, 6_738_415_616, 6_738_415_616, 32 * 2 * 4096 * 4),
+    (MISTRAL_7B, 7_241_732_096, 7_241_732_096, 32 * 2 * 1024 * 4),
+    (MIXTRAL_8X7B, 46_702_792_704, 12_879_925_248, 32 * 2 * 1024 * 4),
+    (GPT2, 124_439_808, 124_439_808, 12 * 2 * 768 * 4),
+], ids=["llama-2-7b", "mistral-7b", "mixtral-8x7b", "gpt2"])
+def test_published_parameter_counts(tmp_path, config, total, active, kv_bytes):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    import_hf(tmp_path, tmp_path / "out", config_only=True)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    s = param_stats(archc.lower(archc.parse_file(tmp_path / "out" / "model.arch")))
+    assert s["parameters"] == total
+    assert s["active_per_token"] == active
+    assert s["kv_cache_bytes_per_token"]["float32"] == kv_bytes
+    assert s["kv_cache_bytes_per_token"]["float16"] == kv_bytes // 2
