@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from archc.ir.types import TensorType
 from archc.lower.builder import LayerBuilder
 from archc.lower.layers import _sub, dense, layer
 from archc.lower.signature import Arg
@@ -46,6 +47,8 @@ def attention(b: LayerBuilder, x, heads, kv_heads, head_dim, causal, mask, windo
         angles = b.op("rope_angles", b.positions(x), dim=rot, theta=rope.theta)
         q = b.op("rope", q, angles, interleaved=rope.interleaved)
         k = b.op("rope", k, angles, interleaved=rope.interleaved)
+    if b.cache and context is None and causal:
+        k, v = _cached(b, x, k, v)
     if kv_heads != heads:
         k = b.op("repeat_kv", k, groups=heads // kv_heads)
         v = b.op("repeat_kv", v, groups=heads // kv_heads)
@@ -56,7 +59,7 @@ def attention(b: LayerBuilder, x, heads, kv_heads, head_dim, causal, mask, windo
         scores = b.op("mul", b.op("tanh", b.op("div", scores, cap)), cap)
     if position_bias is not None:  # [1 or B, H, Tq, Tk], added before masking (T5, ALiBi)
         scores = b.op("add", scores, position_bias)
-    keep = _keep_mask(b, x, source, causal, window, mask if context is None else context_mask)
+    keep = _keep_mask(b, x, k, causal, window, mask if context is None else context_mask)
     if keep is not None:
         scores = b.op("mask_fill", scores, keep)
     probs = b.op("softmax", scores, axis=-1)
@@ -84,10 +87,27 @@ def _heads(b: LayerBuilder, x, n: int, hd: int):
     return b.op("transpose", b.op("reshape", x, shape=(0, 0, n, hd)), perm=(0, 2, 1, 3))
 
 
-def _keep_mask(b: LayerBuilder, x, source, causal: bool, window: int, mask):
+def _cached(b: LayerBuilder, x, k, v):
+    """Prepend this layer's cached keys and values (`past_key_values.N.key/value`, [B, KV,
+    past, hd]) and publish the result as `present.N.key/value`."""
+    n = b.graph.meta.get("cache_layers", 0)
+    b.graph.meta["cache_layers"] = n + 1
+    out = []
+    for kind, new in (("key", k), ("value", v)):
+        _, kv, _, hd = new.type.shape
+        t = TensorType("float32", (x.type.shape[0], kv, "past", hd))
+        past = b.graph.add_input(f"past_key_values.{n}.{kind}", t)
+        full = b.op("concat", past, new, axis=2)
+        b.graph.set_output(f"present.{n}.{kind}", full)
+        out.append(full)
+    return out
+
+
+def _keep_mask(b: LayerBuilder, x, k, causal: bool, window: int, mask):
+    """Which keys each query may see: causal (and windowed) by position, and not padding."""
     keep = None
     if causal or window:
-        keep = b.op("causal_mask", b.positions(x), b.positions(source), window=window)
+        keep = b.op("causal_mask", b.positions(x), b.positions(k, axis=2), window=window)
     if window and not causal:
         b.fail("E0200", "a sliding `window` needs `causal`", "here")
     if mask is not None:

@@ -69,15 +69,36 @@ class LayerBuilder:
         self.diags.error(code, message, span or self.span, label, help=help)
         raise LayerFailed
 
+    @property
+    def cache(self) -> bool:
+        """Lowering for incremental decoding (see `archc.lower.lower(cache=True)`)."""
+        return bool(self.graph.meta.get("cache"))
+
     def positions(self, x: Node, axis: int = 1) -> Node:
-        """Positions 0..T-1 along x's `axis`, read from the graph input that defines that dim's
-        symbol when it has one, so that every layer's positions (and masks) are one node."""
+        """Absolute positions of x's entries along `axis`, read from the graph input that
+        defines that dim's symbol when it has one, so that every layer's positions (and masks)
+        are one node. With a KV cache, new tokens start after the past ones."""
         d = x.type.shape[axis]
         for inp in self.graph.inputs.values():
             if isinstance(d, str) and d in inp.type.shape:
                 x, axis = inp, inp.type.shape.index(d)
                 break
-        return self.op("positions", x, axis=axis % x.type.rank)
+        pos = self.op("positions", x, axis=axis % x.type.rank)
+        if self.cache and isinstance(d, str) and not d.startswith("past+"):
+            pos = self.op("add", pos, self.past_length(d))
+        return pos
+
+    def past_length(self, symbol: str) -> Node:
+        """Cached tokens = the attention mask's length (past + new) - the new tokens."""
+        mask = next((i for i in self.graph.inputs.values() if i.type.rank == 2
+                     and i.type.shape[1] == f"past+{symbol}"), None)
+        new = next((i for i in self.graph.inputs.values() if symbol in i.type.shape), None)
+        if mask is None or new is None:
+            self.fail("E0202", "incremental decoding needs an `attention_mask` input covering "
+                      "past and new tokens", "this layer needs the past length",
+                      help="declare `input attention_mask: int64[batch, seq]`")
+        total = self.op("dim_size", mask, axis=1)
+        return self.op("sub", total, self.op("dim_size", new, axis=new.type.shape.index(symbol)))
 
     def dim(self, x: Node, axis: int = -1) -> int:
         d = x.type.shape[axis]

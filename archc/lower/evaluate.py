@@ -29,6 +29,7 @@ from archc.lower.layers import LAYERS, NUMERIC
 from archc.lower.signature import POISON, ModuleRef, bind, describe
 
 MAX_REPEAT = 4096
+CACHE_MASKS = ("attention_mask", "decoder_attention_mask")
 MAX_DEPTH = 32
 
 _NUM_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
@@ -82,7 +83,8 @@ class _Return(Exception):
 
 
 class Evaluator:
-    def __init__(self, module: ast.Module, diags: Collector):
+    def __init__(self, module: ast.Module, diags: Collector, cache: bool = False):
+        self.cache = cache
         self.module = module
         self.diags = diags
         self.env = Env()
@@ -102,8 +104,12 @@ class Evaluator:
     # ------------------------------------------------------------ statements
     def model(self, m: ast.Model) -> Graph:
         self.graph = Graph(m.name)
+        self.graph.meta["cache"] = self.cache
         self.env = Env(self.env)
         self.block(m.body)
+        presents = [k for k in self.graph.outputs if k.startswith("present.")]
+        for k in presents:  # the spec's outputs first, then the cache
+            self.graph.outputs[k] = self.graph.outputs.pop(k)
         if not self.graph.outputs and not self.diags.diagnostics:
             self.err("E0107", f"model `{m.name}` has no `output`", m.span, "declares no output",
                      help="add a line such as `output logits = lm_head(x, vocab)`")
@@ -130,7 +136,7 @@ class Evaluator:
             return
         from archc.ir.types import TensorType
 
-        dims = []
+        dims: list = []
         for d, span in s.dims:
             if isinstance(d, str) and d in self.env and isinstance(self.env.get(d), int):
                 d = self.env.get(d)
@@ -138,6 +144,8 @@ class Evaluator:
                 self.err("E0104", "a dim must be a name or an integer", span, "here")
                 return
             dims.append(d)
+        if self.cache and s.name in CACHE_MASKS and len(dims) == 2 and isinstance(dims[1], str):
+            dims[1] = f"past+{dims[1]}"  # with a cache the mask covers past and new tokens
         self.env.vars[s.name] = self.graph.add_input(s.name, TensorType(s.dtype, tuple(dims)),
                                                      s.span)
 

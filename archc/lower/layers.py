@@ -81,7 +81,11 @@ def type_embed(b, ids, types, dim):
            "count only unmasked tokens -> [B,T,dim]")
 def pos_embed(b, x, max_pos, dim, offset, mask):
     w = b.param("weight", (max_pos + offset, dim), "normal:0.02", role="position_embedding")
-    pos = b.positions(x) if mask is None else mask_positions(b, mask)
+    pos = b.positions(x)
+    if mask is not None:  # count only real tokens; with a cache, keep the new tokens' positions
+        pos = mask_positions(b, mask)
+        if pos.type.shape[1] != x.type.shape[1]:
+            pos = b.op("tail", pos, x, axis=1, ref_axis=1)
     if offset:
         pos = b.op("add", pos, b.const(offset, np.int64))
     return b.op("gather", w, pos)

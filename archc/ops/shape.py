@@ -141,3 +141,32 @@ register_op("reduce_sum", 1, {"axis": True, "keepdims": False}, infer=_reduce_in
 register_op("cumsum", 1, {"axis": True}, infer=lambda x, axis: x,
             numpy=lambda x, axis: np.cumsum(x, axis=axis).astype(x.dtype),
             onnx=lambda b, x, axis: b.op("CumSum", x, b.const(np.array(axis, np.int64))))
+
+
+def _dim_size_infer(x: TensorType, axis: int) -> TensorType:
+    return TensorType("int64", ())
+
+
+register_op("dim_size", 1, {"axis": True}, infer=_dim_size_infer,  # x.shape[axis] at run time
+            numpy=lambda x, axis: np.array(x.shape[axis], np.int64),
+            onnx=lambda b, x, axis: b.dim(x, axis))
+
+
+def _tail_infer(x: TensorType, ref: TensorType, axis: int, ref_axis: int) -> TensorType:
+    ax = axis % x.rank
+    return x.with_shape((*x.shape[:ax], ref.shape[ref_axis], *x.shape[ax + 1:]))
+
+
+def _tail(x, ref, axis, ref_axis):  # the last ref.shape[ref_axis] entries of x along axis
+    n = ref.shape[ref_axis]
+    return _slice(x, axis, x.shape[axis] - n, x.shape[axis])
+
+
+def _tail_onnx(b, x, ref, axis, ref_axis):
+    n = b.op("Unsqueeze", b.dim(ref, ref_axis), b.const(np.array([0], np.int64)))
+    big = b.const(np.array([np.iinfo(np.int64).max], np.int64))
+    return b.op("Slice", x, b.op("Neg", n), big, b.const(np.array([axis], np.int64)))
+
+
+register_op("tail", 2, {"axis": True, "ref_axis": True}, infer=_tail_infer, numpy=_tail,
+            onnx=_tail_onnx)
