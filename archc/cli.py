@@ -15,11 +15,11 @@ from archc.diagnostics import ArchcError, Diagnostic, render
 USAGE_ERROR = 2
 
 
-def _graph(args, level: int | None = None):
+def _graph(args, level: int | None = None, cache: bool = False):
     module = api.parse_file(args.spec)
     from archc.lower import lower
 
-    graph = lower(module, getattr(args, "model", None))
+    graph = lower(module, getattr(args, "model", None), cache=cache)
     return api.optimize(graph, args.opt if level is None else level)
 
 
@@ -61,7 +61,7 @@ def cmd_dump(args) -> int:
 def cmd_compile(args) -> int:
     from archc.backends.onnx_export import export_onnx, model_bytes
 
-    graph = _graph(args)
+    graph = _graph(args, cache=args.kv_cache)
     model = export_onnx(graph, _weights(args, graph))
     Path(args.output).write_bytes(model_bytes(model))
     print(f"wrote {args.output} ({len(model.graph.node)} ONNX nodes, opset "
@@ -89,23 +89,49 @@ def random_inputs(graph, batch: int, seq: int, seed: int) -> dict[str, np.ndarra
 
 
 def cmd_run(args) -> int:
-    graph = _graph(args)
+    graph = _graph(args, cache=args.incremental is not None)
     if args.inputs:
         with np.load(args.inputs) as f:
             inputs = {k: f[k] for k in f.files}
-        missing = [n for n in graph.inputs if n not in inputs]
+        missing = [n for n in graph.inputs if n not in inputs and not n.startswith("past_")]
         if missing:
             raise ArchcError([Diagnostic("E0303", f"`{args.inputs}` lacks graph input "
                                          f"`{missing[0]}`",
                                          help=f"the graph inputs are {', '.join(graph.inputs)}")])
     else:
         inputs = random_inputs(graph, args.batch, args.seq, args.seed)
-    outputs = api.run(graph, inputs, _weights(args, graph), backend=args.backend)
+        inputs = {k: v for k, v in inputs.items() if not k.startswith("past_")}
+    if args.incremental is not None:
+        from archc.kvcache import incremental_logits
+
+        ids = inputs["input_ids"]
+        if not 0 < args.incremental <= ids.shape[1]:
+            raise ArchcError([Diagnostic("E0304", f"`--incremental {args.incremental}` must be "
+                                         f"in 1..{ids.shape[1]} (the sequence length)")])
+        outputs = {"logits": incremental_logits(graph, _weights(args, graph), ids,
+                                                inputs.get("attention_mask"), args.incremental,
+                                                args.backend)}
+    else:
+        outputs = api.run(graph, inputs, _weights(args, graph), backend=args.backend)
     np.savez(args.out, **outputs)
     for name, value in outputs.items():
         print(f"{name}: {value.dtype}{list(value.shape)} mean {value.mean():.6g} "
               f"std {value.std():.6g}")
     print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from archc.kvcache import generate
+
+    graph = _graph(args, cache=True)
+    try:
+        ids = np.array([[int(t) for t in args.ids.split(",")]], np.int64)
+    except ValueError:
+        raise ArchcError([Diagnostic("E0305", f"`--ids {args.ids}` is not a comma-separated "
+                                     "list of token ids")]) from None
+    out = generate(graph, _weights(args, graph), ids, args.steps, args.backend)
+    print(",".join(str(t) for t in out[0]))
     return 0
 
 
@@ -147,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--after", help="stop after this pass")
     c = command("compile", cmd_compile, "export an ONNX model")
     c.add_argument("-o", "--output", required=True)
+    c.add_argument("--kv-cache", action="store_true", help="export the decoder-with-past "
+                   "graph (past_key_values.* inputs, present.* outputs)")
     r = command("run", cmd_run, "run on the NumPy or onnxruntime backend")
     for cmd in (c, r):
         cmd.add_argument("--weights", help="a .safetensors file keyed by archc parameter names")
@@ -156,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seq", type=int, default=8)
     r.add_argument("--out", required=True, help="an .npz to write every output to")
     r.add_argument("--backend", choices=("numpy", "onnxruntime"), default="numpy")
+    r.add_argument("--incremental", type=int, metavar="K", help="prefill K tokens, then decode "
+                   "one token at a time through the KV cache; writes the concatenated logits")
+    gen = command("generate", cmd_generate, "greedy decoding from token ids with the KV cache")
+    gen.add_argument("--ids", required=True, help="prompt token ids, e.g. 1,2,3")
+    gen.add_argument("--steps", type=int, default=8)
+    gen.add_argument("--weights")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--backend", choices=("numpy", "onnxruntime"), default="numpy")
     h = sub.add_parser("import-hf", help="import a Hugging Face checkpoint folder")
     h.add_argument("checkpoint", help="a folder with config.json and model.safetensors")
     h.add_argument("-o", "--output", required=True, help="folder to write model.arch (and "
