@@ -42,7 +42,7 @@ def test_incremental_logits_match_transformers(family, imported):
 
 
 def test_cache_layout_is_what_onnxruntime_users_expect(imported):
-    g, w, _ = imported["mistral"]  # GQA: 2 kv heads of 8 dims
+    g, w, _ = imported["llama"]  # GQA: 2 kv heads of 8 dims
     model = archc.export_onnx(g, w)
     inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
               for i in model.graph.input}
@@ -51,6 +51,19 @@ def test_cache_layout_is_what_onnxruntime_users_expect(imported):
     assert inputs["attention_mask"] == ["batch", "past+seq"]
     assert outputs[0] == "logits" and outputs[1:3] == ["present.0.key", "present.0.value"]
     onnx.checker.check_model(model, full_check=True)
+
+
+@pytest.mark.parametrize("family, bounded", [("mistral", [0, 1]), ("gemma2", [0, 2])])
+def test_sliding_window_caches_are_bounded_by_the_window(family, bounded, imported):
+    g, w, _ = imported[family]
+    ref = np.load(FIXTURES / family / "reference.npz")
+    for backend in ("numpy", "onnxruntime"):
+        s = Session(g, w, backend)
+        s.prefill(ref["input_ids"][:, :6], ref["attention_mask"][:, :6])
+        s.step(ref["input_ids"][:, 6:7])
+        lengths = [s.past[f"past_key_values.{i}.key"].shape[2] for i in range(len(s.past) // 2)]
+        assert [i for i, n in enumerate(lengths) if n == 3] == bounded  # window 4 keeps 3
+        assert all(n == 7 for i, n in enumerate(lengths) if i not in bounded)
 
 
 def test_session_step_by_step_equals_one_pass(imported):

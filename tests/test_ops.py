@@ -57,6 +57,7 @@ CASES: dict[str, list[tuple[list[np.ndarray], dict]]] = {
     "reduce_sum": [([f32(2, 3, 4)], {"axis": 1}), ([f32(2, 3, 4)], {"axis": -1, "keepdims": True})],
     "cumsum": [([rng.integers(0, 2, (2, 6))], {"axis": -1})],
     "moe_gates": [([f32(2, 5, 6)], {"k": 2}), ([f32(3, 4)], {"k": 1})],
+    "last": [([f32(2, 3, 9, 4)], {"axis": 2, "n": 4}), ([f32(2, 3, 2, 4)], {"axis": 2, "n": 4})],
     "dim_size": [([f32(2, 7, 3)], {"axis": 1})],
     "tail": [([f32(2, 9, 3), f32(2, 4)], {"axis": 1, "ref_axis": 1})],
     "repeat_kv": [([f32(2, 2, 5, 4)], {"groups": 3})],

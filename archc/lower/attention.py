@@ -47,8 +47,9 @@ def attention(b: LayerBuilder, x, heads, kv_heads, head_dim, causal, mask, windo
         angles = b.op("rope_angles", b.positions(x), dim=rot, theta=rope.theta)
         q = b.op("rope", q, angles, interleaved=rope.interleaved)
         k = b.op("rope", k, angles, interleaved=rope.interleaved)
+    kpos, key_mask = None, mask if context is None else context_mask
     if b.cache and context is None and causal:
-        k, v = _cached(b, x, k, v)
+        k, v, kpos, key_mask = _cached(b, x, k, v, window, mask)
     if kv_heads != heads:
         k = b.op("repeat_kv", k, groups=heads // kv_heads)
         v = b.op("repeat_kv", v, groups=heads // kv_heads)
@@ -59,7 +60,7 @@ def attention(b: LayerBuilder, x, heads, kv_heads, head_dim, causal, mask, windo
         scores = b.op("mul", b.op("tanh", b.op("div", scores, cap)), cap)
     if position_bias is not None:  # [1 or B, H, Tq, Tk], added before masking (T5, ALiBi)
         scores = b.op("add", scores, position_bias)
-    keep = _keep_mask(b, x, k, causal, window, mask if context is None else context_mask)
+    keep = _keep_mask(b, x, b.positions(k, axis=2) if kpos is None else kpos, causal, window, key_mask)
     if keep is not None:
         scores = b.op("mask_fill", scores, keep)
     probs = b.op("softmax", scores, axis=-1)
@@ -87,27 +88,37 @@ def _heads(b: LayerBuilder, x, n: int, hd: int):
     return b.op("transpose", b.op("reshape", x, shape=(0, 0, n, hd)), perm=(0, 2, 1, 3))
 
 
-def _cached(b: LayerBuilder, x, k, v):
+def _cached(b: LayerBuilder, x, k, v, window: int, mask):
     """Prepend this layer's cached keys and values (`past_key_values.N.key/value`, [B, KV,
-    past, hd]) and publish the result as `present.N.key/value`."""
+    past, hd]) and publish the result as `present.N.key/value`. A sliding-window layer keeps
+    only the last window - 1 entries (all the next token can see), so its cache is bounded;
+    its keys' positions and padding are then the tail of the full mask's."""
     n = b.graph.meta.get("cache_layers", 0)
     b.graph.meta["cache_layers"] = n + 1
     out = []
     for kind, new in (("key", k), ("value", v)):
         _, kv, _, hd = new.type.shape
-        t = TensorType("float32", (x.type.shape[0], kv, "past", hd))
-        past = b.graph.add_input(f"past_key_values.{n}.{kind}", t)
+        past_dim = f"past_window{window}" if window else "past"
+        past = b.graph.add_input(f"past_key_values.{n}.{kind}",
+                                 TensorType("float32", (x.type.shape[0], kv, past_dim, hd)))
         full = b.op("concat", past, new, axis=2)
-        b.graph.set_output(f"present.{n}.{kind}", full)
+        present = b.op("last", full, axis=2, n=window - 1) if window else full
+        b.graph.set_output(f"present.{n}.{kind}", present)
         out.append(full)
-    return out
+    k_all = out[0]
+    if not window:
+        return (*out, b.positions(k_all, axis=2), mask)
+    if mask is None:
+        b.fail("E0202", "a windowed KV cache needs `mask = attention_mask`", "here")
+    kpos = b.op("tail", b.positions(mask, axis=1), k_all, axis=0, ref_axis=2)
+    return (*out, kpos, b.op("tail", mask, k_all, axis=1, ref_axis=2))
 
 
-def _keep_mask(b: LayerBuilder, x, k, causal: bool, window: int, mask):
+def _keep_mask(b: LayerBuilder, x, kpos, causal: bool, window: int, mask):
     """Which keys each query may see: causal (and windowed) by position, and not padding."""
     keep = None
     if causal or window:
-        keep = b.op("causal_mask", b.positions(x), b.positions(k, axis=2), window=window)
+        keep = b.op("causal_mask", b.positions(x), kpos, window=window)
     if window and not causal:
         b.fail("E0200", "a sliding `window` needs `causal`", "here")
     if mask is not None:

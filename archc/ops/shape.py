@@ -170,3 +170,17 @@ def _tail_onnx(b, x, ref, axis, ref_axis):
 
 register_op("tail", 2, {"axis": True, "ref_axis": True}, infer=_tail_infer, numpy=_tail,
             onnx=_tail_onnx)
+
+
+def _last_infer(x: TensorType, axis: int, n: int) -> TensorType:
+    ax = axis % x.rank
+    return x.with_shape((*x.shape[:ax], f"min({x.shape[ax]},{n})" if isinstance(
+        x.shape[ax], str) else min(x.shape[ax], n), *x.shape[ax + 1:]))
+
+
+register_op("last", 1, {"axis": True, "n": True}, infer=_last_infer,  # the last n (or fewer)
+            numpy=lambda x, axis, n: _slice(x, axis, max(0, x.shape[axis] - n), x.shape[axis]),
+            onnx=lambda b, x, axis, n: b.op(
+                "Slice", x, b.const(np.array([-n], np.int64)),
+                b.const(np.array([np.iinfo(np.int64).max], np.int64)),
+                b.const(np.array([axis], np.int64))))
