@@ -60,7 +60,7 @@ def attention(b: LayerBuilder, x, heads, kv_heads, head_dim, causal, mask, windo
         scores = b.op("mul", b.op("tanh", b.op("div", scores, cap)), cap)
     if position_bias is not None:  # [1 or B, H, Tq, Tk], added before masking (T5, ALiBi)
         scores = b.op("add", scores, position_bias)
-    keep = _keep_mask(b, x, b.positions(k, axis=2) if kpos is None else kpos, causal, window, key_mask)
+    keep = _keep_mask(b, x, k, kpos, causal, window, key_mask)
     if keep is not None:
         scores = b.op("mask_fill", scores, keep)
     probs = b.op("softmax", scores, axis=-1)
@@ -114,10 +114,11 @@ def _cached(b: LayerBuilder, x, k, v, window: int, mask):
     return (*out, kpos, b.op("tail", mask, k_all, axis=1, ref_axis=2))
 
 
-def _keep_mask(b: LayerBuilder, x, kpos, causal: bool, window: int, mask):
+def _keep_mask(b: LayerBuilder, x, k, kpos, causal: bool, window: int, mask):
     """Which keys each query may see: causal (and windowed) by position, and not padding."""
     keep = None
     if causal or window:
+        kpos = b.positions(k, axis=2) if kpos is None else kpos
         keep = b.op("causal_mask", b.positions(x), kpos, window=window)
     if window and not causal:
         b.fail("E0200", "a sliding `window` needs `causal`", "here")
