@@ -118,8 +118,9 @@ def _keep_mask(b: LayerBuilder, x, k, kpos, causal: bool, window: int, mask):
     """Which keys each query may see: causal (and windowed) by position, and not padding."""
     keep = None
     if causal or window:
+        qpos = b.positions(x)
         kpos = b.positions(k, axis=2) if kpos is None else kpos
-        keep = b.op("causal_mask", b.positions(x), kpos, window=window)
+        keep = b.op("causal_mask", qpos, kpos, window=window)
     if window and not causal:
         b.fail("E0200", "a sliding `window` needs `causal`", "here")
     if mask is not None:
