@@ -52,6 +52,30 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                                    word_embed_proj_dim=32)),
 }
 
+# Encoders and encoder-decoders: padding at the END of row 1 (as tokenizers pad them).
+ENCODERS: dict[str, tuple[str, str, dict]] = {
+    "bert": ("bert", "BertForPreTraining", dict(COMMON, type_vocab_size=2)),
+    "roberta": ("roberta", "RobertaForMaskedLM", dict(COMMON, max_position_embeddings=66,
+                                                      pad_token_id=1, type_vocab_size=1)),
+    "longformer": ("longformer", "LongformerForMaskedLM", dict(
+        COMMON, max_position_embeddings=66, pad_token_id=1, type_vocab_size=1,
+        attention_window=[4, 4])),
+    "t5": ("t5", "T5ForConditionalGeneration", dict(
+        vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+        num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+        feed_forward_proj="relu", tie_word_embeddings=True, decoder_start_token_id=0)),
+    "t5_v1_1": ("t5", "T5ForConditionalGeneration", dict(
+        vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+        num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0)),
+    "bart": ("bart", "BartForConditionalGeneration", dict(
+        vocab_size=96, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+        decoder_ffn_dim=48, max_position_embeddings=64, pad_token_id=1,
+        decoder_start_token_id=2, forced_eos_token_id=None)),
+}
+TGT = 7  # decoder length; row 1 of the decoder batch has 2 padding tokens at the end
+
 
 def randomise(model, seed: int) -> None:
     import torch
@@ -92,7 +116,78 @@ def reference(model, vocab: int, seed: int) -> dict[str, np.ndarray]:
             "incremental_logits": np.concatenate(steps, axis=1), "prefill": np.array(PREFILL)}
 
 
+def encoder_reference(model, family: str, vocab: int, seed: int) -> dict[str, np.ndarray]:
+    import torch
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, vocab, (2, SEQ))
+    mask = np.ones((2, SEQ), np.int64)
+    mask[1, -PAD:] = 0
+    if family in ("roberta", "longformer", "bart"):
+        ids[mask == 0] = 1  # their padding token, which roberta's positions depend on
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if family == "bert":
+        feeds["token_type_ids"] = (np.arange(SEQ)[None] >= 4).astype(np.int64).repeat(2, 0)
+    if family == "longformer":
+        glob = np.zeros((2, SEQ), np.int64)
+        glob[:, 0] = 1
+        glob[0, 5] = 1
+        feeds["global_attention_mask"] = glob
+    out: dict[str, np.ndarray] = dict(feeds)
+    t = {k: torch.tensor(v) for k, v in feeds.items()}
+    with torch.no_grad():
+        if family in ("t5", "t5_v1_1", "bart"):
+            dec = rng.integers(3, vocab, (2, TGT))
+            dmask = np.ones((2, TGT), np.int64)
+            dmask[1, -2:] = 0
+            out.update(decoder_input_ids=dec, decoder_attention_mask=dmask)
+            td, tdm = torch.tensor(dec), torch.tensor(dmask)
+            full = model(**t, decoder_input_ids=td, decoder_attention_mask=tdm)
+            out["logits"] = full.logits.numpy()
+            enc = model.get_encoder()(**t)
+            step = model(encoder_outputs=enc, attention_mask=t["attention_mask"],
+                         decoder_input_ids=td[:, :PREFILL - 1],
+                         decoder_attention_mask=tdm[:, :PREFILL - 1], use_cache=True)
+            steps, past = [step.logits.numpy()], step.past_key_values
+            for i in range(PREFILL - 1, TGT):
+                step = model(encoder_outputs=enc, attention_mask=t["attention_mask"],
+                             decoder_input_ids=td[:, i:i + 1],
+                             decoder_attention_mask=tdm[:, :i + 1], past_key_values=past,
+                             use_cache=True)
+                steps.append(step.logits.numpy())
+                past = step.past_key_values
+            out["incremental_logits"] = np.concatenate(steps, axis=1)
+            out["prefill"] = np.array(PREFILL - 1)
+        else:
+            res = model(**t)
+            out["logits"] = res.logits.numpy() if hasattr(res, "logits") else \
+                res.prediction_logits.numpy()
+            if family == "bert":
+                out["nsp_logits"] = res.seq_relationship_logits.numpy()
+    return out
+
+
+def make_encoder(family: str, seed: int = 0) -> None:
+    import torch
+    import transformers
+
+    model_type, arch, kwargs = ENCODERS[family]
+    cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
+    cfg._attn_implementation = "eager"
+    model = getattr(transformers, arch)(cfg).eval().to(torch.float32)
+    randomise(model, seed)
+    path = OUT / family
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    (path / "generation_config.json").unlink(missing_ok=True)
+    np.savez(path / "reference.npz", **encoder_reference(model, family, cfg.vocab_size, seed))
+    print(f"{family}: {sum(p.numel() for p in model.parameters())} params -> {path}")
+
+
 def make(family: str, seed: int = 0) -> None:
+    if family in ENCODERS:
+        make_encoder(family, seed)
+        return
     import torch
     import transformers
 
@@ -113,5 +208,5 @@ def make(family: str, seed: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    for fam in sys.argv[1:] or FAMILIES:
+    for fam in sys.argv[1:] or [*FAMILIES, *ENCODERS]:
         make(fam)

@@ -88,6 +88,14 @@ class LayerBuilder:
             pos = self.op("add", pos, self.past_length(d))
         return pos
 
+    def key_positions(self, x: Node, axis: int = 1) -> Node:
+        """Positions of every key x's tokens attend to: with a KV cache, past and new ones
+        (read from the mask that covers both), else x's own positions."""
+        d = x.type.shape[axis]
+        mask = next((i for i in self.graph.inputs.values() if self.cache and i.type.rank == 2
+                     and i.type.shape[1] == f"past+{d}"), None)
+        return self.positions(x, axis) if mask is None else self.op("positions", mask, axis=1)
+
     def past_length(self, symbol: str) -> Node:
         """Cached tokens = the attention mask's length (past + new) - the new tokens."""
         mask = next((i for i in self.graph.inputs.values() if i.type.rank == 2

@@ -36,7 +36,8 @@ _NUM_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operat
             "//": operator.floordiv, "%": operator.mod, "**": operator.pow, "==": operator.eq,
             "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
             ">=": operator.ge}
-_TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow"}
+_TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "==": "equal",
+               "!=": "not_equal"}
 
 
 class Env:
@@ -238,15 +239,17 @@ class Evaluator:
                 return POISON
         if e.op in _TENSOR_OPS and isinstance(a, Node | int | float) and \
                 isinstance(b, Node | int | float) and (isinstance(a, Node) or isinstance(b, Node)):
-            a, b = (self._as_tensor(v, e.span) for v in (a, b))
+            like = a if isinstance(a, Node) else b  # `ids != 1` compares in the ids' dtype
+            a, b = (self._as_tensor(v, e.span, like) for v in (a, b))
             return self._emit(e.span, _TENSOR_OPS[e.op], a, b)
         self.err("E0104", f"cannot apply `{e.op}` to {describe(a)} and {describe(b)}", e.span,
                  "here")
         return POISON
 
-    def _as_tensor(self, v, span: Span) -> Node:
+    def _as_tensor(self, v, span: Span, like: Node | None = None) -> Node:
+        dtype = np.int64 if like is not None and like.type.dtype == "int64" else np.float32
         return v if isinstance(v, Node) else self.graph.add_const(
-            np.asarray(v, np.float32), scope=self.scope.prefix)
+            np.asarray(v, dtype), scope=self.scope.prefix)
 
     def _emit(self, span: Span, op: str, *inputs: Node) -> Node:
         b = LayerBuilder(self.graph, self.diags, self.scope.prefix, span, self.shared, self.uses)

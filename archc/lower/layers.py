@@ -228,7 +228,7 @@ NUMERIC = {"sqrt": np.sqrt, "exp": np.exp, "tanh": np.tanh}  # these also work o
        doc="T5 relative position bias [heads, Tq, Tk], for attention(..., position_bias = b)")
 def relative_bias(b, x, heads, buckets, max_distance, bidirectional, context):
     table = b.param("weight", (buckets, heads), "normal:0.02")
-    kpos = b.positions(x if context is None else context)
+    kpos = b.key_positions(x) if context is None else b.positions(context)
     ids = b.op("relative_buckets", b.positions(x), kpos, num_buckets=buckets,
                max_distance=max_distance, bidirectional=bidirectional)
     return b.op("transpose", b.op("gather", table, ids), perm=(2, 0, 1))  # [H, Tq, Tk]
@@ -237,6 +237,8 @@ def relative_bias(b, x, heads, buckets, max_distance, bidirectional, context):
 def mask_positions(b: LayerBuilder, mask: Node) -> Node:
     """Positions that skip padding: cumsum(mask) * mask - 1, so the first real token is 0 and
     padding gets -1 (the convention of OPT's and Bloom's position ids)."""
+    if mask.type.dtype != "int64":
+        mask = b.op("cast", mask, to="int64")
     return b.op("sub", b.op("mul", b.op("cumsum", mask, axis=-1), mask), b.const(1, np.int64))
 
 

@@ -42,6 +42,20 @@ register_op("causal_mask", 2, {"window": False}, infer=_causal_infer, numpy=_cau
             onnx=_causal_onnx)
 
 
+def _band(qpos, kpos, radius: int):  # [Tq], [Tk] -> keep [Tq, Tk]: |i - j| <= radius
+    return np.abs(kpos[None, :] - qpos[:, None]) <= radius
+
+
+def _band_onnx(b, qpos, kpos, radius: int):
+    i = b.op("Unsqueeze", qpos, b.const(np.array([1], np.int64)))
+    return b.op("LessOrEqual", b.op("Abs", b.op("Sub", kpos, i)),
+                b.const(np.array(radius, np.int64)))
+
+
+register_op("band_mask", 2, {"radius": True}, infer=lambda q, k, radius: _causal_infer(q, k),
+            numpy=_band, onnx=_band_onnx)
+
+
 def _padding_infer(m: TensorType) -> TensorType:
     if m.rank != 2:
         raise ShapeError(f"attention mask must be [batch, seq], got {m}")

@@ -149,3 +149,17 @@ register_op("logical_and", 2, infer=_and_infer, numpy=np.logical_and, commutativ
 # it is the identity (ONNX `Identity`), which is all archc runs.
 register_op("dropout", 1, {"p": True}, infer=same, numpy=lambda x, p: x,
             onnx=lambda b, x, p: b.op("Identity", x), pure=False)
+
+
+def _compare_infer(a: TensorType, b: TensorType) -> TensorType:
+    return TensorType("bool", _binary(a, b).shape)
+
+
+register_op("equal", 2, infer=_compare_infer, numpy=np.equal, commutative=True,
+            onnx=lambda b, x, y: b.op("Equal", x, y))
+register_op("not_equal", 2, infer=_compare_infer, numpy=np.not_equal, commutative=True,
+            onnx=lambda b, x, y: b.op("Not", b.op("Equal", x, y)))
+register_op("logical_or", 2, infer=_and_infer, numpy=np.logical_or, commutative=True,
+            onnx=lambda b, x, y: b.op("Or", x, y))
+register_op("logical_not", 1, infer=lambda t: _and_infer(t, t), numpy=np.logical_not,
+            onnx=lambda b, x: b.op("Not", x))
