@@ -17,10 +17,12 @@ from archc.diagnostics import ArchcError, Diagnostic, did_you_mean
 from archc.hf.config import HFConfig
 from archc.hf.tensors import Tensors
 
-FAMILIES = ("bloom", "falcon", "gemma", "gemma2", "gpt2", "gpt_neox", "gptj", "llama",
+DECODERS = ("bloom", "falcon", "gemma", "gemma2", "gpt2", "gpt_neox", "gptj", "llama",
             "mistral", "mixtral", "opt", "phi", "qwen2")
+ENCODERS = ("bart", "bert", "longformer", "roberta", "t5")
+FAMILIES = DECODERS + ENCODERS
 # Buffers some checkpoints carry that are not parameters (causal masks, rotary caches).
-_BUFFERS = ("attn.bias", "attn.masked_bias", "rotary_emb.inv_freq")
+_BUFFERS = ("attn.bias", "attn.masked_bias", "rotary_emb.inv_freq", "embeddings.position_ids")
 
 
 @dataclass
@@ -40,15 +42,18 @@ def family(c: HFConfig):
 def import_checkpoint(directory: str | Path, config_only: bool = False) -> Imported:
     c = HFConfig.load(directory)
     fam = family(c)
-    dec = fam.decoder(c)
-    dec.name = c.model_type
-    dec.comment = [f"{c.architecture or c.model_type} imported from a Hugging Face checkpoint "
-                   "by `archc import-hf`."]
-    spec = dec.render()
+    made = fam.describe(c)  # a Decoder (decoder-only families) or the spec text itself
+    if not isinstance(made, str):
+        made.name = c.model_type
+        made.comment = [f"{c.architecture or c.model_type} imported from a Hugging Face "
+                        "checkpoint by `archc import-hf`."]
+    spec = made if isinstance(made, str) else made.render()
     if config_only:
         return Imported(spec, None)
     t = Tensors.load(directory)
-    weights = fam.weights(c, dec, t)
+    if c.model_type == "t5":  # whether the head is tied shows in the tensors, not the config
+        spec = fam.spec(c, has_lm_head=t.has("lm_head.weight"))
+    weights = fam.weights(c, made, t)
     t.check_all_used(ignore=_BUFFERS)
     return Imported(spec, weights)
 

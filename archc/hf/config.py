@@ -62,6 +62,7 @@ class HFConfig:
                                          help="only unscaled rotary embeddings import today")])
 
     def with_head(self) -> bool:
-        """Whether the checkpoint's class carries an LM head (`...ForCausalLM`)."""
+        """Whether the checkpoint's class carries an LM head (`...ForCausalLM`, not `...Model`)."""
         arch = self.architecture
-        return not arch or arch.endswith(("ForCausalLM", "LMHeadModel"))
+        return not arch or arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration",
+                                          "ForMaskedLM", "ForPreTraining"))

@@ -9,8 +9,8 @@ from archc.hf import llama
 weights = llama.weights
 
 
-def decoder(c):
-    dec = llama.decoder(c)
+def describe(c):
+    dec = llama.describe(c)
     dec.norm, dec.embed_scale = "rms_norm_offset", True
     dec.act = llama.act(c.get("hidden_activation", "hidden_act", default="gelu_pytorch_tanh"))
     if dec.act == "gelu":  # transformers runs Gemma's "gelu" as the tanh form

@@ -5,8 +5,8 @@ from __future__ import annotations
 from archc.hf import common, gemma, llama
 
 
-def decoder(c):
-    dec = gemma.decoder(c)
+def describe(c):
+    dec = gemma.describe(c)
     dec.block = "sandwich"
     dec.scale = f"{c.get('query_pre_attn_scalar')} ** -0.5"
     dec.softcap = float(c.get("attn_logit_softcapping", default=0.0) or 0.0)

@@ -7,7 +7,7 @@ from archc.hf import llama
 weights = llama.weights
 
 
-def decoder(c):
-    dec = llama.decoder(c)
+def describe(c):
+    dec = llama.describe(c)
     llama.windows(c, dec)
     return dec

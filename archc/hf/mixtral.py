@@ -9,8 +9,8 @@ import numpy as np
 from archc.hf import llama
 
 
-def decoder(c):
-    dec = llama.decoder(c)
+def describe(c):
+    dec = llama.describe(c)
     dec.ffn, dec.experts, dec.top_k = "moe", c.get("num_local_experts"), \
         c.get("num_experts_per_tok")
     llama.windows(c, dec)

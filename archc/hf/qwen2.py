@@ -7,8 +7,8 @@ from archc.hf import llama
 weights = llama.weights
 
 
-def decoder(c):
-    dec = llama.decoder(c)
+def describe(c):
+    dec = llama.describe(c)
     dec.qkv_bias, dec.out_bias = True, False
     if c.get("use_sliding_window", default=False):
         llama.windows(c, dec)

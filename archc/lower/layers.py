@@ -222,7 +222,7 @@ def rope(b, theta, fraction, dim, interleaved):
 NUMERIC = {"sqrt": np.sqrt, "exp": np.exp, "tanh": np.tanh}  # these also work on numbers
 
 
-@layer("relative_bias", 2, Arg("x", T), Arg("heads", "int"), Arg("buckets", "int", 32),
+@layer("relative_bias", 4, Arg("x", T), Arg("heads", "int"), Arg("buckets", "int", 32),
        Arg("max_distance", "int", 128), Arg("bidirectional", "bool", True),
        Arg("context", T, None),
        doc="T5 relative position bias [heads, Tq, Tk], for attention(..., position_bias = b)")
