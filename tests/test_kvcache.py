@@ -10,7 +10,7 @@ from conftest import ROOT
 
 import archc
 from archc.cli import main
-from archc.hf import FAMILIES, import_hf
+from archc.hf import DECODERS, import_hf
 from archc.kvcache import Session, generate, incremental_logits
 from archc.lower import lower
 
@@ -21,7 +21,7 @@ FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 def imported(tmp_path_factory):
     root = tmp_path_factory.mktemp("imported")
     out = {}
-    for fam in FAMILIES:
+    for fam in DECODERS:
         import_hf(FIXTURES / fam, root / fam)
         module = archc.parse_file(root / fam / "model.arch")
         g = archc.optimize(lower(module, cache=True), level=1, verify=True)
@@ -29,7 +29,7 @@ def imported(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DECODERS)
 def test_incremental_logits_match_transformers(family, imported):
     g, w, _ = imported[family]
     ref = np.load(FIXTURES / family / "reference.npz")
