@@ -62,6 +62,17 @@ def cmd_compile(args) -> int:
     from archc.backends.onnx_export import export_onnx, model_bytes
 
     graph = _graph(args, cache=args.kv_cache)
+    if args.kv_cache and "decoder_input_ids" in graph.inputs:
+        from archc.kvcache import split_seq2seq
+
+        weights = _weights(args, graph)
+        stem = args.output[:-5] if args.output.endswith(".onnx") else args.output
+        for part, g in zip(("encoder", "decoder_with_past"),
+                           split_seq2seq(api.parse_file(args.spec), args.model)):
+            path = f"{stem}.{part}.onnx"
+            Path(path).write_bytes(model_bytes(export_onnx(g, {k: weights[k] for k in g.params})))
+            print(f"wrote {path}")
+        return 0
     model = export_onnx(graph, _weights(args, graph))
     Path(args.output).write_bytes(model_bytes(model))
     print(f"wrote {args.output} ({len(model.graph.node)} ONNX nodes, opset "
@@ -101,7 +112,16 @@ def cmd_run(args) -> int:
     else:
         inputs = random_inputs(graph, args.batch, args.seq, args.seed)
         inputs = {k: v for k, v in inputs.items() if not k.startswith("past_")}
-    if args.incremental is not None:
+    if args.incremental is not None and "decoder_input_ids" in graph.inputs:
+        from archc.kvcache import seq2seq_incremental_logits
+
+        k, n = args.incremental, inputs["decoder_input_ids"].shape[1]
+        if not 0 < k <= n:
+            raise ArchcError([Diagnostic("E0304", f"`--incremental {k}` must be in 1..{n} "
+                                         "(the decoder length)")])
+        outputs = {"logits": seq2seq_incremental_logits(
+            api.parse_file(args.spec), _weights(args, graph), inputs, k, args.backend)}
+    elif args.incremental is not None:
         from archc.kvcache import incremental_logits
 
         ids = inputs["input_ids"]

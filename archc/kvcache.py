@@ -1,5 +1,11 @@
 """Incremental decoding with a KV cache, on the NumPy interpreter or onnxruntime.
 
+Encoder-decoders (a spec with `decoder_input_ids`) split into two graphs (`split_seq2seq`):
+the encoder maps `input_ids`, `attention_mask` to every decoder layer's cross-attention keys
+and values (`encoder_key_values.N.key/value`, computed once), and the decoder-with-past
+graph takes those, the decoder tokens, and its own `past_key_values.N.*`. `Seq2SeqSession`
+drives the pair.
+
 A cache graph (`lower(..., cache=True)`) takes `input_ids` for the new tokens, `attention_mask`
 for past and new tokens, and `past_key_values.N.key/value`; it returns `logits` for the new
 tokens and `present.N.key/value`. `Session` keeps the cache and the mask between calls:
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from archc.frontend import ast
 from archc.ir.graph import Graph
 
 
@@ -87,3 +94,82 @@ def generate(graph: Graph, weights, input_ids, steps: int, backend: str = "numpy
         ids = np.concatenate([ids, nxt], axis=1)
         logits = s.step(nxt)
     return ids
+
+
+def _prune(graph: Graph) -> Graph:
+    """Drop what the outputs no longer need, inputs and parameters included."""
+    from archc.passes import PIPELINES, run_pipeline
+
+    graph = run_pipeline(graph, PIPELINES[1])
+    for node in list(graph.inputs.values()) + list(graph.params.values()):
+        if not graph.users(node) and not graph.is_output(node):
+            graph.erase_node(node)
+    return graph
+
+
+def split_seq2seq(module: ast.Module, model: str | None = None) -> tuple[Graph, Graph]:
+    """(encoder graph, decoder-with-past graph) of an encoder-decoder spec."""
+    from archc.lower import lower
+
+    encoder = lower(module, model, cache=True)
+    cross = encoder.meta.get("cross_kv", [])
+    if not cross:
+        raise ValueError("the model has no cross-attention to split at")
+    encoder.outputs = {}
+    for name, k, v in cross:
+        encoder.set_output(f"{name}.key", k)
+        encoder.set_output(f"{name}.value", v)
+    decoder = lower(module, model, cache=True)
+    for name, k, v in decoder.meta["cross_kv"]:
+        for kind, node in (("key", k), ("value", v)):
+            decoder.replace_all_uses_with(node, decoder.add_input(f"{name}.{kind}", node.type))
+    encoder.name, decoder.name = f"{encoder.name}_encoder", f"{decoder.name}_decoder"
+    return _prune(encoder), _prune(decoder)
+
+
+class Seq2SeqSession(Session):
+    """`encode` once, then `prefill` / `step` decoder tokens as in `Session`."""
+
+    def __init__(self, encoder: Graph, decoder: Graph, weights, backend: str = "numpy"):
+        super().__init__(decoder, {k: weights[k] for k in decoder.params}, backend)
+        self.encoder = Session.__new__(Session)
+        self.encoder.graph, self.encoder.backend = encoder, backend
+        self.encoder.weights = {k: weights[k] for k in encoder.params}
+        self.encoder._ort = None
+        if backend == "onnxruntime":
+            from archc.backends.onnx_export import export_onnx
+            from archc.backends.ort import session
+
+            self.encoder._ort = session(export_onnx(encoder, self.encoder.weights))
+        self.context: dict[str, np.ndarray] = {}
+
+    def encode(self, input_ids, attention_mask=None) -> None:
+        ids = np.asarray(input_ids, np.int64)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        feeds = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
+        self.context = {**self.encoder._run(feeds), "attention_mask": feeds["attention_mask"]}
+
+    def step(self, input_ids, attention_mask=None):
+        ids = np.asarray(input_ids, np.int64)
+        new = np.ones(ids.shape, np.int64) if attention_mask is None else \
+            np.asarray(attention_mask, np.int64)
+        self.mask = new if self.mask is None else np.concatenate([self.mask, new], axis=1)
+        feeds = {"decoder_input_ids": ids, "decoder_attention_mask": self.mask,
+                 **self.context, **self.past}
+        out = self._run(feeds)
+        self.past = {k.replace("present.", "past_key_values.", 1): v for k, v in out.items()
+                     if k.startswith("present.")}
+        return out["logits"]
+
+
+def seq2seq_incremental_logits(module: ast.Module, weights, inputs: dict, prefill: int,
+                               backend: str = "numpy") -> np.ndarray:
+    """Encode once; prefill `prefill` decoder tokens; then one decoder token a step."""
+    s = Seq2SeqSession(*split_seq2seq(module), weights, backend)
+    s.encode(inputs["input_ids"], inputs.get("attention_mask"))
+    ids = inputs["decoder_input_ids"]
+    mask = inputs.get("decoder_attention_mask", np.ones_like(ids))
+    outs = [s.prefill(ids[:, :prefill], mask[:, :prefill])]
+    for t in range(prefill, ids.shape[1]):
+        outs.append(s.step(ids[:, t:t + 1], mask[:, t:t + 1]))
+    return np.concatenate(outs, axis=1)

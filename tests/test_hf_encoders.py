@@ -78,3 +78,42 @@ def test_t5_v1_1_untied_head_from_a_4x_checkpoint(tmp_path):
     assert "lm_head.weight" in g.params
     err = np.abs(archc.run(g, feeds, w)["logits"] - ref["logits"])[real].max()
     assert err <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["t5", "t5_v1_1", "bart"])
+def test_incremental_decoder_logits(name, tmp_path):
+    from archc.kvcache import seq2seq_incremental_logits
+
+    g, w, ref, feeds, real = _load(name, tmp_path)
+    module = archc.parse_file(tmp_path / name / "model.arch")
+    inputs = {k: ref[k] for k in ref.files}
+    for backend in ("numpy", "onnxruntime"):
+        got = seq2seq_incremental_logits(module, w, inputs, int(ref["prefill"]), backend)
+        err = np.abs(got - ref["incremental_logits"])[real].max()
+        assert err <= 1e-4, f"{name} on {backend}: {err:.3g}"
+
+
+def test_seq2seq_graphs_and_cli(tmp_path):
+    import onnx
+
+    from archc.cli import main
+    from archc.kvcache import split_seq2seq
+
+    g, w, ref, feeds, real = _load("bart", tmp_path)
+    spec = tmp_path / "bart" / "model.arch"
+    encoder, decoder = split_seq2seq(archc.parse_file(spec))
+    assert set(encoder.inputs) == {"input_ids", "attention_mask"}
+    assert set(encoder.outputs) == {f"encoder_key_values.{i}.{k}" for i in (0, 1)
+                                    for k in ("key", "value")}
+    assert "input_ids" not in decoder.inputs and "encoder_key_values.1.value" in decoder.inputs
+    assert not any(p.startswith("encoder.") for p in decoder.params)  # the encoder runs once
+    weights = str(tmp_path / "bart" / "model.safetensors")
+    np.savez(tmp_path / "in.npz", **{k: ref[k] for k in ref.files})
+    assert main(["run", str(spec), "--weights", weights, "--inputs", str(tmp_path / "in.npz"),
+                 "--out", str(tmp_path / "o.npz"), "--incremental", "3"]) == 0
+    with np.load(tmp_path / "o.npz") as f:
+        assert np.abs(f["logits"] - ref["incremental_logits"])[real].max() <= 1e-4
+    assert main(["compile", str(spec), "--weights", weights, "--kv-cache", "-o",
+                 str(tmp_path / "bart.onnx")]) == 0
+    for part in ("encoder", "decoder_with_past"):
+        onnx.checker.check_model(onnx.load(str(tmp_path / f"bart.{part}.onnx")), full_check=True)

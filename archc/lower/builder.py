@@ -84,9 +84,8 @@ class LayerBuilder:
                 x, axis = inp, inp.type.shape.index(d)
                 break
         pos = self.op("positions", x, axis=axis % x.type.rank)
-        if self.cache and isinstance(d, str) and not d.startswith("past+"):
-            pos = self.op("add", pos, self.past_length(d))
-        return pos
+        past = self.past_length(d) if self.cache and isinstance(d, str) else None
+        return pos if past is None else self.op("add", pos, past)
 
     def key_positions(self, x: Node, axis: int = 1) -> Node:
         """Positions of every key x's tokens attend to: with a KV cache, past and new ones
@@ -96,15 +95,14 @@ class LayerBuilder:
                      and i.type.shape[1] == f"past+{d}"), None)
         return self.positions(x, axis) if mask is None else self.op("positions", mask, axis=1)
 
-    def past_length(self, symbol: str) -> Node:
-        """Cached tokens = the attention mask's length (past + new) - the new tokens."""
+    def past_length(self, symbol: str) -> Node | None:
+        """Cached tokens = the mask's length (past + new) - the new tokens; None for a sequence
+        without a cache (an encoder's)."""
         mask = next((i for i in self.graph.inputs.values() if i.type.rank == 2
                      and i.type.shape[1] == f"past+{symbol}"), None)
         new = next((i for i in self.graph.inputs.values() if symbol in i.type.shape), None)
         if mask is None or new is None:
-            self.fail("E0202", "incremental decoding needs an `attention_mask` input covering "
-                      "past and new tokens", "this layer needs the past length",
-                      help="declare `input attention_mask: int64[batch, seq]`")
+            return None
         total = self.op("dim_size", mask, axis=1)
         return self.op("sub", total, self.op("dim_size", new, axis=new.type.shape.index(symbol)))
 

@@ -29,7 +29,6 @@ from archc.lower.layers import LAYERS, NUMERIC
 from archc.lower.signature import POISON, ModuleRef, bind, describe
 
 MAX_REPEAT = 4096
-CACHE_MASKS = ("attention_mask", "decoder_attention_mask")
 MAX_DEPTH = 32
 
 _NUM_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
@@ -106,6 +105,10 @@ class Evaluator:
     def model(self, m: ast.Model) -> Graph:
         self.graph = Graph(m.name)
         self.graph.meta["cache"] = self.cache
+        declared = {s.name for s in m.body if isinstance(s, ast.Input)}
+        # With a cache, the decoder's mask covers past + new tokens; an encoder's does not.
+        self.cache_masks = ("decoder_attention_mask",) if "decoder_input_ids" in declared \
+            else ("attention_mask",)
         self.env = Env(self.env)
         self.block(m.body)
         presents = [k for k in self.graph.outputs if k.startswith("present.")]
@@ -145,7 +148,8 @@ class Evaluator:
                 self.err("E0104", "a dim must be a name or an integer", span, "here")
                 return
             dims.append(d)
-        if self.cache and s.name in CACHE_MASKS and len(dims) == 2 and isinstance(dims[1], str):
+        if self.cache and s.name in self.cache_masks and len(dims) == 2 and \
+                isinstance(dims[1], str):
             dims[1] = f"past+{dims[1]}"  # with a cache the mask covers past and new tokens
         self.env.vars[s.name] = self.graph.add_input(s.name, TensorType(s.dtype, tuple(dims)),
                                                      s.span)
