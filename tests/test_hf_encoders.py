@@ -84,7 +84,7 @@ def test_t5_v1_1_untied_head_from_a_4x_checkpoint(tmp_path):
 def test_incremental_decoder_logits(name, tmp_path):
     from archc.kvcache import seq2seq_incremental_logits
 
-    g, w, ref, feeds, real = _load(name, tmp_path)
+    _, w, ref, _, real = _load(name, tmp_path)
     module = archc.parse_file(tmp_path / name / "model.arch")
     inputs = {k: ref[k] for k in ref.files}
     for backend in ("numpy", "onnxruntime"):
@@ -99,7 +99,7 @@ def test_seq2seq_graphs_and_cli(tmp_path):
     from archc.cli import main
     from archc.kvcache import split_seq2seq
 
-    g, w, ref, feeds, real = _load("bart", tmp_path)
+    _, _, ref, _, real = _load("bart", tmp_path)
     spec = tmp_path / "bart" / "model.arch"
     encoder, decoder = split_seq2seq(archc.parse_file(spec))
     assert set(encoder.inputs) == {"input_ids", "attention_mask"}
