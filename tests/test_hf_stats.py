@@ -38,3 +38,27 @@ def test_published_parameter_counts(tmp_path, config, total, active, kv_bytes):
     assert s["active_per_token"] == active
     assert s["kv_cache_bytes_per_token"]["float32"] == kv_bytes
     assert s["kv_cache_bytes_per_token"]["float16"] == kv_bytes // 2
+
+
+BERT_BASE = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": 30522,
+             "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+             "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 2,
+             "hidden_act": "gelu", "layer_norm_eps": 1e-12}
+T5_SMALL = {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5",
+            "vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6,
+            "num_heads": 8, "relative_attention_num_buckets": 32, "feed_forward_proj": "relu"}
+BART_BASE = {"architectures": ["BartModel"], "model_type": "bart", "vocab_size": 50265,
+             "d_model": 768, "encoder_layers": 6, "decoder_layers": 6,
+             "encoder_attention_heads": 12, "decoder_attention_heads": 12,
+             "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072, "max_position_embeddings": 1024,
+             "activation_function": "gelu"}
+
+
+@pytest.mark.parametrize("config, total", [
+    (BERT_BASE, 109_482_240), (T5_SMALL, 60_506_624), (BART_BASE, 139_420_416),
+], ids=["bert-base-uncased", "t5-small", "bart-base"])
+def test_published_encoder_counts(tmp_path, config, total):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    import_hf(tmp_path, tmp_path / "out", config_only=True)
+    s = param_stats(archc.lower(archc.parse_file(tmp_path / "out" / "model.arch")))
+    assert s["parameters"] == total
