@@ -81,7 +81,8 @@ def cmd_compile(args) -> int:
 
 
 def random_inputs(graph, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
-    """Seeded inputs: ids within the table they index, masks of ones, floats from N(0, 1)."""
+    """Seeded inputs: ids within the table they index, masks of ones (a global-attention mask
+    flags only the first token), floats from N(0, 1)."""
     rng = np.random.default_rng(seed)
     out = {}
     for name, node in graph.inputs.items():
@@ -90,6 +91,8 @@ def random_inputs(graph, batch: int, seq: int, seed: int) -> dict[str, np.ndarra
         if node.type.dtype == "int64":
             if "mask" in name:
                 out[name] = np.ones(shape, np.int64)
+                if name.startswith("global"):
+                    out[name][:, 1:] = 0
                 continue
             rows = [u.inputs[0].type.shape[0] for u in graph.users(node) if u.op == "gather"
                     and u.inputs[1] is node]
