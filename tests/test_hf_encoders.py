@@ -15,7 +15,7 @@ import archc
 from archc.hf import import_hf
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
-CASES = ["bert", "roberta", "longformer", "t5", "t5_v1_1", "bart"]
+CASES = ["bert", "roberta", "longformer", "longformer_w6", "t5", "t5_v1_1", "t5_variant", "bart"]
 
 
 def _load(name: str, tmp_path, src=None):
@@ -80,7 +80,7 @@ def test_t5_v1_1_untied_head_from_a_4x_checkpoint(tmp_path):
     assert err <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["t5", "t5_v1_1", "bart"])
+@pytest.mark.parametrize("name", ["t5", "t5_v1_1", "t5_variant", "bart"])
 def test_incremental_decoder_logits(name, tmp_path):
     from archc.kvcache import seq2seq_incremental_logits
 

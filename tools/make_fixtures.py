@@ -68,6 +68,15 @@ ENCODERS: dict[str, tuple[str, str, dict]] = {
         vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
         num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
         feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0)),
+    # variants: other sizes, windows, bucket counts, so nothing is tuned to one fixture
+    "longformer_w6": ("longformer", "LongformerForMaskedLM", dict(
+        COMMON, hidden_size=36, num_attention_heads=3, num_hidden_layers=3,
+        max_position_embeddings=66, pad_token_id=1, type_vocab_size=1,
+        attention_window=[6, 6, 6])),
+    "t5_variant": ("t5", "T5ForConditionalGeneration", dict(
+        vocab_size=80, d_model=24, d_kv=12, d_ff=40, num_layers=3, num_decoder_layers=1,
+        num_heads=2, relative_attention_num_buckets=16, relative_attention_max_distance=10,
+        feed_forward_proj="gated-gelu", decoder_start_token_id=0)),
     "bart": ("bart", "BartForConditionalGeneration", dict(
         vocab_size=96, d_model=32, encoder_layers=2, decoder_layers=2,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
@@ -123,20 +132,21 @@ def encoder_reference(model, family: str, vocab: int, seed: int) -> dict[str, np
     ids = rng.integers(3, vocab, (2, SEQ))
     mask = np.ones((2, SEQ), np.int64)
     mask[1, -PAD:] = 0
-    if family in ("roberta", "longformer", "bart"):
+    if family in ("roberta", "bart") or family.startswith("longformer"):
         ids[mask == 0] = 1  # their padding token, which roberta's positions depend on
     feeds = {"input_ids": ids, "attention_mask": mask}
     if family == "bert":
         feeds["token_type_ids"] = (np.arange(SEQ)[None] >= 4).astype(np.int64).repeat(2, 0)
-    if family == "longformer":
+    if family.startswith("longformer"):
         glob = np.zeros((2, SEQ), np.int64)
         glob[:, 0] = 1
         glob[0, 5] = 1
+        glob[1, rng.integers(1, SEQ - PAD)] = 1
         feeds["global_attention_mask"] = glob
     out: dict[str, np.ndarray] = dict(feeds)
     t = {k: torch.tensor(v) for k, v in feeds.items()}
     with torch.no_grad():
-        if family in ("t5", "t5_v1_1", "bart"):
+        if family.startswith(("t5", "bart")):
             dec = rng.integers(3, vocab, (2, TGT))
             dmask = np.ones((2, TGT), np.int64)
             dmask[1, -2:] = 0
