@@ -23,30 +23,41 @@ from archc.frontend import ast
 from archc.ir.graph import Graph
 
 
-class Session:
+class Runner:
+    """One graph with its weights on one backend (an onnxruntime session is built once)."""
+
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], backend: str = "numpy"):
-        self.graph, self.weights, self.backend = graph, weights, backend
-        self.cache_inputs = [n for n in graph.inputs if n.startswith("past_key_values.")]
-        if not self.cache_inputs:
-            raise ValueError("the graph has no KV cache: lower it with cache=True")
+        self.graph, self.backend = graph, backend
+        self.weights = {k: weights[k] for k in graph.params}
         self._ort = None
         if backend == "onnxruntime":
             from archc.backends.onnx_export import export_onnx
             from archc.backends.ort import session
 
-            self._ort = session(export_onnx(graph, weights))
+            self._ort = session(export_onnx(graph, self.weights))
         elif backend != "numpy":
             raise ValueError(f"unknown backend `{backend}` (numpy or onnxruntime)")
-        self.past: dict[str, np.ndarray] = {}
-        self.mask: np.ndarray | None = None
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._ort is not None:
             names = [o.name for o in self._ort.get_outputs()]
             return dict(zip(names, self._ort.run(names, feeds)))
         from archc.backends.numpy_interp import run_graph
 
         return run_graph(self.graph, feeds, self.weights)
+
+
+class Session:
+    ids_name, mask_name = "input_ids", "attention_mask"
+
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], backend: str = "numpy"):
+        self.cache_inputs = [n for n in graph.inputs if n.startswith("past_key_values.")]
+        if not self.cache_inputs:
+            raise ValueError("the graph has no KV cache: lower it with cache=True")
+        self.graph, self.run = graph, Runner(graph, weights, backend)
+        self.context: dict[str, np.ndarray] = {}  # inputs that stay fixed across steps
+        self.past: dict[str, np.ndarray] = {}
+        self.mask: np.ndarray | None = None
 
     def _empty(self, batch: int) -> dict[str, np.ndarray]:
         out = {}
@@ -66,8 +77,9 @@ class Session:
         new = np.ones(input_ids.shape, np.int64) if attention_mask is None else \
             np.asarray(attention_mask, np.int64)
         self.mask = new if self.mask is None else np.concatenate([self.mask, new], axis=1)
-        feeds = {"input_ids": input_ids, "attention_mask": self.mask, **self.past}
-        out = self._run(feeds)
+        feeds = {self.ids_name: input_ids, self.mask_name: self.mask, **self.context,
+                 **self.past}
+        out = self.run(feeds)
         self.past = {k.replace("present.", "past_key_values.", 1): v for k, v in out.items()
                      if k.startswith("present.")}
         return out["logits"]
@@ -130,36 +142,17 @@ def split_seq2seq(module: ast.Module, model: str | None = None) -> tuple[Graph, 
 class Seq2SeqSession(Session):
     """`encode` once, then `prefill` / `step` decoder tokens as in `Session`."""
 
-    def __init__(self, encoder: Graph, decoder: Graph, weights, backend: str = "numpy"):
-        super().__init__(decoder, {k: weights[k] for k in decoder.params}, backend)
-        self.encoder = Session.__new__(Session)
-        self.encoder.graph, self.encoder.backend = encoder, backend
-        self.encoder.weights = {k: weights[k] for k in encoder.params}
-        self.encoder._ort = None
-        if backend == "onnxruntime":
-            from archc.backends.onnx_export import export_onnx
-            from archc.backends.ort import session
+    ids_name, mask_name = "decoder_input_ids", "decoder_attention_mask"
 
-            self.encoder._ort = session(export_onnx(encoder, self.encoder.weights))
-        self.context: dict[str, np.ndarray] = {}
+    def __init__(self, encoder: Graph, decoder: Graph, weights, backend: str = "numpy"):
+        super().__init__(decoder, weights, backend)
+        self.encoder = Runner(encoder, weights, backend)
 
     def encode(self, input_ids, attention_mask=None) -> None:
         ids = np.asarray(input_ids, np.int64)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
         feeds = {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
-        self.context = {**self.encoder._run(feeds), "attention_mask": feeds["attention_mask"]}
-
-    def step(self, input_ids, attention_mask=None):
-        ids = np.asarray(input_ids, np.int64)
-        new = np.ones(ids.shape, np.int64) if attention_mask is None else \
-            np.asarray(attention_mask, np.int64)
-        self.mask = new if self.mask is None else np.concatenate([self.mask, new], axis=1)
-        feeds = {"decoder_input_ids": ids, "decoder_attention_mask": self.mask,
-                 **self.context, **self.past}
-        out = self._run(feeds)
-        self.past = {k.replace("present.", "past_key_values.", 1): v for k, v in out.items()
-                     if k.startswith("present.")}
-        return out["logits"]
+        self.context = {**self.encoder(feeds), "attention_mask": feeds["attention_mask"]}
 
 
 def seq2seq_incremental_logits(module: ast.Module, weights, inputs: dict, prefill: int,
