@@ -13,7 +13,6 @@ sequence decoded incrementally (a prefill of K tokens, then one token at a time 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -177,11 +176,14 @@ def encoder_reference(model, family: str, vocab: int, seed: int) -> dict[str, np
     return out
 
 
-def make_encoder(family: str, seed: int = 0) -> None:
+def make(family: str, seed: int = 0) -> None:
     import torch
     import transformers
 
-    model_type, arch, kwargs = ENCODERS[family]
+    if family in ENCODERS:
+        model_type, arch, kwargs = ENCODERS[family]
+    else:
+        model_type, (arch, kwargs) = family, FAMILIES[family]
     cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
     cfg._attn_implementation = "eager"
     model = getattr(transformers, arch)(cfg).eval().to(torch.float32)
@@ -190,31 +192,10 @@ def make_encoder(family: str, seed: int = 0) -> None:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     (path / "generation_config.json").unlink(missing_ok=True)
-    np.savez(path / "reference.npz", **encoder_reference(model, family, cfg.vocab_size, seed))
+    ref = encoder_reference(model, family, cfg.vocab_size, seed) if family in ENCODERS else \
+        reference(model, cfg.vocab_size, seed)
+    np.savez(path / "reference.npz", **ref)
     print(f"{family}: {sum(p.numel() for p in model.parameters())} params -> {path}")
-
-
-def make(family: str, seed: int = 0) -> None:
-    if family in ENCODERS:
-        make_encoder(family, seed)
-        return
-    import torch
-    import transformers
-
-    arch, kwargs = FAMILIES[family]
-    cfg_cls = transformers.AutoConfig.for_model(family, **kwargs)
-    cfg_cls._attn_implementation = "eager"
-    model = getattr(transformers, arch)(cfg_cls).eval().to(torch.float32)
-    randomise(model, seed)
-    path = OUT / family
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    np.savez(path / "reference.npz", **reference(model, cfg_cls.vocab_size, seed))
-    for extra in ("generation_config.json",):
-        (path / extra).unlink(missing_ok=True)
-    cfg = json.loads((path / "config.json").read_text())
-    print(f"{family}: {sum(p.numel() for p in model.parameters())} params, "
-          f"{len(cfg)} config keys -> {path}")
 
 
 if __name__ == "__main__":

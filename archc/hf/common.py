@@ -13,6 +13,13 @@ from archc.hf.tensors import Tensors
 
 Weights = dict[str, np.ndarray]
 
+SEQ2SEQ_INPUTS = [  # the graph inputs of an encoder-decoder spec, as transformers names them
+    "  input input_ids: int64[batch, seq]",
+    "  input attention_mask: int64[batch, seq]",
+    "  input decoder_input_ids: int64[batch, tgt]",
+    "  input decoder_attention_mask: int64[batch, tgt]",
+]
+
 
 def norm(out: Weights, t: Tensors, hf: str, name: str, d: int, bias: bool = True) -> None:
     out[f"{name}.weight"] = t.take(f"{hf}.weight", (d,))

@@ -49,10 +49,7 @@ def spec(c: HFConfig, has_lm_head: bool | None = None) -> str:
         f"      layers = {s['layers']}, decoder_layers = {s['dec_layers']}, "
         f"buckets = {s['buckets']}, max_distance = {s['max_distance']}",
         "",
-        "  input input_ids: int64[batch, seq]",
-        "  input attention_mask: int64[batch, seq]",
-        "  input decoder_input_ids: int64[batch, tgt]",
-        "  input decoder_attention_mask: int64[batch, tgt]",
+        *common.SEQ2SEQ_INPUTS,
         "",
         "  x = embed(input_ids, vocab, d) as shared",
         "  bias = relative_bias(x, heads, buckets, max_distance) as encoder_relative_bias",
