@@ -62,7 +62,8 @@ def attention(b: LayerBuilder, x, heads, kv_heads, head_dim, causal, mask, windo
 def _rotate(b: LayerBuilder, x, q, k, rope, hd: int):
     rot = rope.dim or int(hd * rope.fraction)
     if rot % 2 or not 0 < rot <= hd:
-        b.fail("E0200", f"rotary dim {rot} must be even and within head_dim {hd}", "here")
+        b.fail("E0200", f"rotary dim {rot} must be even and within head_dim {hd}",
+               f"gives {rot} rotary dims", span=b.at("rope"))
     angles = b.op("rope_angles", b.positions(x), dim=rot, theta=rope.theta)
     return (b.op("rope", q, angles, interleaved=rope.interleaved),
             b.op("rope", k, angles, interleaved=rope.interleaved))
@@ -103,13 +104,16 @@ def _global_rows(b: LayerBuilder, x, out, global_mask, mask, heads: int, hd: int
 
 def _check_heads(b: LayerBuilder, d: int, heads: int, kv_heads: int, head_dim) -> None:
     if heads <= 0 or kv_heads <= 0:
-        b.fail("E0200", "`heads` and `kv_heads` must be positive", "here")
+        b.fail("E0200", "`heads` and `kv_heads` must be positive", "here",
+               span=b.at("heads" if heads <= 0 else "kv_heads"))
     if head_dim is None and d % heads:
-        b.fail("E0200", f"`heads` = {heads} does not divide the model dim {d}", "in this layer",
+        b.fail("E0200", f"`heads` = {heads} does not divide the model dim {d}",
+               f"{heads} heads of a {d}-wide input", span=b.at("heads"),
                help="set `head_dim` explicitly, or pick a head count that divides the dim")
     if heads % kv_heads:
         b.fail("E0200", f"`kv_heads` = {kv_heads} does not divide `heads` = {heads}",
-               "in this layer", help="grouped-query attention shares each kv head between "
+               "not a divisor of heads", span=b.at("kv_heads"),
+               help="grouped-query attention shares each kv head between "
                "heads / kv_heads query heads, so kv_heads must divide heads")
 
 

@@ -8,7 +8,7 @@ under the layer's name.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +31,11 @@ class LayerBuilder:
     span: Span  # the call being lowered
     shared: tuple[str, ...]  # prefixes of the shared repeats we are inside
     uses: Counter
+    arg_spans: dict = field(default_factory=dict)  # argument name -> where it was written
+
+    def at(self, arg: str) -> Span:
+        """The span of one argument of the call (the whole call when it was not written)."""
+        return self.arg_spans.get(arg, self.span)
 
     def op(self, name: str, *inputs: Node, **attrs) -> Node:
         try:

@@ -282,13 +282,14 @@ class Evaluator:
             self.err("E0104", f"`{e.func}` needs a number or a tensor", e.args[0].span,
                      f"this is {describe(v)}")
             return POISON
-        args = bind(layer.sig, e, self)
+        spans: dict = {}
+        args = bind(layer.sig, e, self, spans)
         if args is None:
             return POISON
         prefix = self._name_layer(e, e.func) if layer.owns else self.scope.prefix
         if prefix is None:
             return POISON
-        b = LayerBuilder(self.graph, self.diags, prefix, e.span, self.shared, self.uses)
+        b = LayerBuilder(self.graph, self.diags, prefix, e.span, self.shared, self.uses, spans)
         try:
             return layer.lower(b, **args)
         except LayerFailed:

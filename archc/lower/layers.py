@@ -95,7 +95,8 @@ def pos_embed(b, x, max_pos, dim, offset, mask):
        doc="fixed sin/cos positions (Vaswani et al.) for x's seq axis -> [T,dim]")
 def sinusoidal(b, x, dim):
     if dim % 2:
-        b.fail("E0200", f"sinusoidal positions need an even dim, got {dim}", "here")
+        b.fail("E0200", f"sinusoidal positions need an even dim, got {dim}", "odd",
+               span=b.at("dim"))
     return b.op("sinusoidal", b.positions(x), dim=dim)
 
 
@@ -177,7 +178,7 @@ def geglu(b, x, hidden, bias, out, approximate):
 
 def _sub(b: LayerBuilder, name: str) -> LayerBuilder:
     return LayerBuilder(b.graph, b.diags, f"{b.scope}.{name}" if b.scope else name, b.span,
-                        b.shared, b.uses)
+                        b.shared, b.uses, b.arg_spans)
 
 
 # ---------------------------------------------------------------- functions (no parameters)
@@ -257,7 +258,8 @@ def alibi(b, mask, heads):
        doc="mixture of gated experts: softmax router, top-k, renormalised, GLU experts")
 def moe(b, x, experts, top_k, hidden, act):
     if not 0 < top_k <= experts:
-        b.fail("E0200", f"`top_k` = {top_k} must be in 1..{experts}", "here")
+        b.fail("E0200", f"`top_k` = {top_k} must be in 1..{experts}",
+               f"picks {top_k} of {experts} experts", span=b.at("top_k"))
     d = b.dim(x)
     gates = b.op("moe_gates", dense(_sub(b, "router"), x, experts, False), k=top_k)  # [B,T,E]
     # Every expert runs on every token (dense); the gates zero all but the top k. Exact, and a

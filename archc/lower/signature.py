@@ -71,8 +71,9 @@ _KIND_TEXT = {"tensor": "a tensor", "int": "an integer", "float": "a number", "b
               "`as`", "rope": "`rope(...)`", "value": "a value"}
 
 
-def bind(sig: Signature, call: ast.Call, ev) -> dict[str, Any] | None:
-    """Match `call`'s arguments to `sig`, evaluating each with `ev`; None after any error."""
+def bind(sig: Signature, call: ast.Call, ev, spans: dict | None = None) -> dict[str, Any] | None:
+    """Match `call`'s arguments to `sig`, evaluating each with `ev`; None after any error.
+    `spans` (when given) receives where each argument was written, for diagnostics."""
     bound: dict[str, tuple[Any, ast.Node]] = {}
     ok = True
     positional = list(call.args)
@@ -101,6 +102,8 @@ def bind(sig: Signature, call: ast.Call, ev) -> dict[str, Any] | None:
         else:
             bound[arg.name] = (_convert(arg, kw.value, ev), kw.value)
     out = {}
+    if spans is not None:
+        spans.update({name: expr.span for name, (_, expr) in bound.items()})
     for arg in sig.args:
         if arg.name in bound:
             out[arg.name] = bound[arg.name][0]
