@@ -153,7 +153,13 @@ def cmd_generate(args) -> int:
     except ValueError:
         raise ArchcError([Diagnostic("E0305", f"`--ids {args.ids}` is not a comma-separated "
                                      "list of token ids")]) from None
-    out = generate(graph, _weights(args, graph), ids, args.steps, args.backend)
+    if "decoder_input_ids" in graph.inputs:  # encoder-decoder: --ids is the encoder's input
+        from archc.kvcache import generate_seq2seq
+
+        out = generate_seq2seq(api.parse_file(args.spec), _weights(args, graph), ids,
+                               args.steps, args.start, args.backend)
+    else:
+        out = generate(graph, _weights(args, graph), ids, args.steps, args.backend)
     print(",".join(str(t) for t in out[0]))
     return 0
 
@@ -212,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = command("generate", cmd_generate, "greedy decoding from token ids with the KV cache")
     gen.add_argument("--ids", required=True, help="prompt token ids, e.g. 1,2,3")
     gen.add_argument("--steps", type=int, default=8)
+    gen.add_argument("--start", type=int, default=0, help="encoder-decoders: the decoder's "
+                     "start token id (T5: 0, BART: 2)")
     gen.add_argument("--weights")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--backend", choices=("numpy", "onnxruntime"), default="numpy")

@@ -166,3 +166,19 @@ def seq2seq_incremental_logits(module: ast.Module, weights, inputs: dict, prefil
     for t in range(prefill, ids.shape[1]):
         outs.append(s.step(ids[:, t:t + 1], mask[:, t:t + 1]))
     return np.concatenate(outs, axis=1)
+
+
+def generate_seq2seq(module: ast.Module, weights, input_ids, steps: int, start: int = 0,
+                     backend: str = "numpy") -> np.ndarray:
+    """Greedy decoding of an encoder-decoder: encode `input_ids` once, then feed the decoder
+    `start` and each most likely token in turn; returns the decoder tokens."""
+    s = Seq2SeqSession(*split_seq2seq(module), weights, backend)
+    ids = np.asarray(input_ids, np.int64)
+    s.encode(ids)
+    out = np.full((len(ids), 1), start, np.int64)
+    logits = s.prefill(out)
+    for _ in range(steps):
+        nxt = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        out = np.concatenate([out, nxt], axis=1)
+        logits = s.step(nxt)
+    return out
