@@ -88,19 +88,24 @@ class Session:
 def incremental_logits(graph: Graph, weights, input_ids, attention_mask, prefill: int,
                        backend: str = "numpy") -> np.ndarray:
     """Logits of the whole sequence: a prefill of `prefill` tokens, then one token a step."""
-    s = Session(graph, weights, backend)
-    mask = np.ones_like(input_ids) if attention_mask is None else attention_mask
-    outs = [s.prefill(input_ids[:, :prefill], mask[:, :prefill])]
-    for t in range(prefill, input_ids.shape[1]):
-        outs.append(s.step(input_ids[:, t:t + 1], mask[:, t:t + 1]))
+    return _replay(Session(graph, weights, backend), input_ids, attention_mask, prefill)
+
+
+def _replay(s: Session, ids: np.ndarray, mask: np.ndarray | None, prefill: int) -> np.ndarray:
+    mask = np.ones_like(ids) if mask is None else mask
+    outs = [s.prefill(ids[:, :prefill], mask[:, :prefill])]
+    for t in range(prefill, ids.shape[1]):
+        outs.append(s.step(ids[:, t:t + 1], mask[:, t:t + 1]))
     return np.concatenate(outs, axis=1)
 
 
 def generate(graph: Graph, weights, input_ids, steps: int, backend: str = "numpy") -> np.ndarray:
     """Greedy decoding: append the most likely token `steps` times."""
-    s = Session(graph, weights, backend)
-    ids = np.asarray(input_ids, np.int64)
-    logits = s.prefill(ids)
+    return _greedy(Session(graph, weights, backend), np.asarray(input_ids, np.int64), steps)
+
+
+def _greedy(s: Session, prompt: np.ndarray, steps: int) -> np.ndarray:
+    ids, logits = prompt, s.prefill(prompt)
     for _ in range(steps):
         nxt = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
         ids = np.concatenate([ids, nxt], axis=1)
@@ -160,12 +165,7 @@ def seq2seq_incremental_logits(module: ast.Module, weights, inputs: dict, prefil
     """Encode once; prefill `prefill` decoder tokens; then one decoder token a step."""
     s = Seq2SeqSession(*split_seq2seq(module), weights, backend)
     s.encode(inputs["input_ids"], inputs.get("attention_mask"))
-    ids = inputs["decoder_input_ids"]
-    mask = inputs.get("decoder_attention_mask", np.ones_like(ids))
-    outs = [s.prefill(ids[:, :prefill], mask[:, :prefill])]
-    for t in range(prefill, ids.shape[1]):
-        outs.append(s.step(ids[:, t:t + 1], mask[:, t:t + 1]))
-    return np.concatenate(outs, axis=1)
+    return _replay(s, inputs["decoder_input_ids"], inputs.get("decoder_attention_mask"), prefill)
 
 
 def generate_seq2seq(module: ast.Module, weights, input_ids, steps: int, start: int = 0,
@@ -175,10 +175,4 @@ def generate_seq2seq(module: ast.Module, weights, input_ids, steps: int, start: 
     s = Seq2SeqSession(*split_seq2seq(module), weights, backend)
     ids = np.asarray(input_ids, np.int64)
     s.encode(ids)
-    out = np.full((len(ids), 1), start, np.int64)
-    logits = s.prefill(out)
-    for _ in range(steps):
-        nxt = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
-        out = np.concatenate([out, nxt], axis=1)
-        logits = s.step(nxt)
-    return out
+    return _greedy(s, np.full((len(ids), 1), start, np.int64), steps)
