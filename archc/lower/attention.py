@@ -128,7 +128,7 @@ def _cached(b: LayerBuilder, x, k, v, window: int, mask):
     only the last window - 1 entries (all the next token can see), so its cache is bounded;
     its keys' positions and padding are then the tail of the full mask's."""
     seq = x.type.shape[1]
-    if not isinstance(seq, str) or b.past_length(seq) is None:
+    if b.past_mask(seq) is None:
         b.fail("E0202", "incremental decoding needs an attention mask input covering past and "
                "new tokens", "this layer keeps a KV cache",
                help="declare `input attention_mask: int64[batch, seq]` and pass it as `mask`")

@@ -92,19 +92,22 @@ class LayerBuilder:
         past = self.past_length(d) if self.cache and isinstance(d, str) else None
         return pos if past is None else self.op("add", pos, past)
 
+    def past_mask(self, symbol) -> Node | None:
+        """The mask input covering past and new tokens of the sequence `symbol` (a KV cache
+        declares it `[batch, past+symbol]`); None for a sequence without a cache."""
+        return next((i for i in self.graph.inputs.values() if self.cache and i.type.rank == 2
+                     and i.type.shape[1] == f"past+{symbol}"), None)
+
     def key_positions(self, x: Node, axis: int = 1) -> Node:
         """Positions of every key x's tokens attend to: with a KV cache, past and new ones
         (read from the mask that covers both), else x's own positions."""
-        d = x.type.shape[axis]
-        mask = next((i for i in self.graph.inputs.values() if self.cache and i.type.rank == 2
-                     and i.type.shape[1] == f"past+{d}"), None)
+        mask = self.past_mask(x.type.shape[axis])
         return self.positions(x, axis) if mask is None else self.op("positions", mask, axis=1)
 
     def past_length(self, symbol: str) -> Node | None:
         """Cached tokens = the mask's length (past + new) - the new tokens; None for a sequence
         without a cache (an encoder's)."""
-        mask = next((i for i in self.graph.inputs.values() if i.type.rank == 2
-                     and i.type.shape[1] == f"past+{symbol}"), None)
+        mask = self.past_mask(symbol)
         new = next((i for i in self.graph.inputs.values() if symbol in i.type.shape), None)
         if mask is None or new is None:
             return None
