@@ -42,17 +42,15 @@ def family(c: HFConfig):
 def import_checkpoint(directory: str | Path, config_only: bool = False) -> Imported:
     c = HFConfig.load(directory)
     fam = family(c)
-    made = fam.describe(c)  # a Decoder (decoder-only families) or the spec text itself
+    t = None if config_only else Tensors.load(directory)
+    made = fam.describe(c, t)  # a Decoder (decoder-only families) or the spec text itself
     if not isinstance(made, str):
         made.name = c.model_type
         made.comment = [f"{c.architecture or c.model_type} imported from a Hugging Face "
                         "checkpoint by `archc import-hf`."]
     spec = made if isinstance(made, str) else made.render()
-    if config_only:
+    if t is None:
         return Imported(spec, None)
-    t = Tensors.load(directory)
-    if c.model_type == "t5":  # whether the head is tied shows in the tensors, not the config
-        spec = fam.spec(c, has_lm_head=t.has("lm_head.weight"))
     weights = fam.weights(c, made, t)
     t.check_all_used(ignore=_BUFFERS)
     return Imported(spec, weights)

@@ -22,7 +22,7 @@ def _shape(c: HFConfig) -> dict:
             "scale": c.get("scale_embedding", default=False)}
 
 
-def describe(c: HFConfig) -> str:
+def describe(c: HFConfig, tensors: Tensors | None = None) -> str:
     s = _shape(c)
     scale = " * sqrt(d)" if s["scale"] else ""
     head = c.with_head()

@@ -61,7 +61,7 @@ def render(c: HFConfig, positions: str, extra_inputs=(), attn_opts: str = "",
     return "\n".join(lines) + "\n}\n"
 
 
-def describe(c: HFConfig):
+def describe(c: HFConfig, tensors=None):
     return render(c, "pos_embed(input_ids, max_pos, d)", lets=f", max_pos = {shape(c)['rows']}")
 
 

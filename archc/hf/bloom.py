@@ -8,7 +8,7 @@ from archc.hf import common, llama
 from archc.hf.decoder import Decoder
 
 
-def describe(c):
+def describe(c, tensors=None):
     if c.get("apply_residual_connection_post_layernorm", default=False):
         raise ArchcError([Diagnostic("E0504", "bloom with `apply_residual_connection_post_"
                                      "layernorm` is not supported")])

@@ -9,7 +9,7 @@ from archc.hf import llama
 weights = llama.weights
 
 
-def describe(c):
+def describe(c, tensors=None):
     dec = llama.describe(c)
     dec.norm, dec.embed_scale = "rms_norm_offset", True
     dec.act = llama.act(c.get("hidden_activation", "hidden_act", default="gelu_pytorch_tanh"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from archc.hf import common, gemma, llama
 
 
-def describe(c):
+def describe(c, tensors=None):
     dec = gemma.describe(c)
     dec.block = "sandwich"
     dec.scale = f"{c.get('query_pre_attn_scalar')} ** -0.5"

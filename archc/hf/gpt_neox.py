@@ -7,7 +7,7 @@ from archc.hf import common, llama
 from archc.hf.decoder import Decoder
 
 
-def describe(c):
+def describe(c, tensors=None):
     c.check_rope_type()
     d, heads = c.get("hidden_size"), c.get("num_attention_heads")
     bias = c.get("attention_bias", default=True)

@@ -7,7 +7,7 @@ from archc.hf import common, llama
 from archc.hf.decoder import Decoder
 
 
-def describe(c):
+def describe(c, tensors=None):
     d = c.get("n_embd", "hidden_size")
     return Decoder(
         name="gptj", vocab=c.get("vocab_size"), d=d, heads=c.get("n_head"),

@@ -39,7 +39,7 @@ def windows(c: HFConfig, dec: Decoder) -> None:
         dec.window = window
 
 
-def describe(c: HFConfig) -> Decoder:
+def describe(c: HFConfig, tensors: Tensors | None = None) -> Decoder:
     c.check_rope_type()
     d, heads = c.get("hidden_size"), c.get("num_attention_heads")
     bias = c.get("attention_bias", default=False)

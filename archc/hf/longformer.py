@@ -8,7 +8,7 @@ from archc.diagnostics import ArchcError, Diagnostic
 from archc.hf import bert, roberta
 
 
-def describe(c):
+def describe(c, tensors=None):
     window = c.get("attention_window")
     windows = window if isinstance(window, list) else [window] * c.get("num_hidden_layers")
     if len(set(windows)) != 1:

@@ -7,7 +7,7 @@ from archc.hf import llama
 weights = llama.weights
 
 
-def describe(c):
+def describe(c, tensors=None):
     dec = llama.describe(c)
     llama.windows(c, dec)
     return dec

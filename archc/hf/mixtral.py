@@ -9,7 +9,7 @@ import numpy as np
 from archc.hf import llama
 
 
-def describe(c):
+def describe(c, tensors=None):
     dec = llama.describe(c)
     dec.ffn, dec.experts, dec.top_k = "moe", c.get("num_local_experts"), \
         c.get("num_experts_per_tok")

@@ -8,7 +8,7 @@ from archc.hf import common, llama
 from archc.hf.decoder import Decoder
 
 
-def describe(c):
+def describe(c, tensors=None):
     d = c.get("hidden_size")
     if not c.get("do_layer_norm_before", default=True) or c.get("word_embed_proj_dim",
                                                                  default=d) != d:

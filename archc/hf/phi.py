@@ -8,7 +8,7 @@ from archc.hf import common, llama
 from archc.hf.decoder import Decoder
 
 
-def describe(c):
+def describe(c, tensors=None):
     if c.get("qk_layernorm", default=False):
         raise ArchcError([Diagnostic("E0504", "phi with `qk_layernorm` is not supported yet")])
     c.check_rope_type()

@@ -7,7 +7,7 @@ from archc.hf import llama
 weights = llama.weights
 
 
-def describe(c):
+def describe(c, tensors=None):
     dec = llama.describe(c)
     dec.qkv_bias, dec.out_bias = True, False
     if c.get("use_sliding_window", default=False):

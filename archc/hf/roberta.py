@@ -13,7 +13,7 @@ def positions(c) -> tuple[str, str]:
             f", pad = {pad}, max_pos = {rows - pad - 1}")
 
 
-def describe(c):
+def describe(c, tensors=None):
     bert.check_post_ln(c)
     pos, lets = positions(c)
     return bert.render(c, pos, lets=lets)

@@ -80,8 +80,10 @@ def spec(c: HFConfig, has_lm_head: bool | None = None) -> str:
         "}", ""])
 
 
-def describe(c: HFConfig) -> str:
-    return spec(c)
+def describe(c: HFConfig, tensors: Tensors | None = None) -> str:
+    """Whether the head is tied shows in the tensors (a 4.x v1.1 file has its own
+    `lm_head.weight`); with the config alone it follows `tie_word_embeddings`."""
+    return spec(c, None if tensors is None else tensors.has("lm_head.weight"))
 
 
 def _attention(out, t: Tensors, hf: str, me: str, s: dict) -> None:
