@@ -1,0 +1,3 @@
+"""conv ops (being written)."""
+
+from __future__ import annotations

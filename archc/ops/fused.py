@@ -1,0 +1,3 @@
+"""fused ops (being written)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""reduce ops (being written)."""
+
+from __future__ import annotations
