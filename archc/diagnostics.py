@@ -19,7 +19,7 @@ fix only in `help`, the smallest span that shows the problem.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 
@@ -99,9 +99,14 @@ class Collector:
 
     sources: dict[str, str] = field(default_factory=dict)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    # maps a span to the one to show, plus notes (library errors point at the user's call)
+    locate: Callable[[Span | None], tuple[Span | None, tuple[str, ...]]] | None = None
 
     def error(self, code: str, message: str, span: Span | None = None, label: str = "",
               notes: tuple[str, ...] = (), help: str | None = None) -> None:
+        if self.locate is not None:
+            span, more = self.locate(span)
+            notes = (*notes, *more)
         diag = Diagnostic(code, message, span, label, notes, help)
         key = (code, message, span)  # a repeated layer reports its problem once
         if all((d.code, d.message, d.span) != key for d in self.diagnostics):

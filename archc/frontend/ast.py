@@ -56,7 +56,29 @@ class Call(Node):
     alias: str | None  # `call(...) as alias` names the layer's parameters
 
 
-Expr = Number | String | Name | BinOp | UnaryOp | Call
+@dataclass(frozen=True)
+class ListExpr(Node):
+    items: tuple[Expr, ...]  # `[batch, seq, -1]`: shapes, permutations, tensors to concat
+
+
+@dataclass(frozen=True)
+class Slice(Node):
+    start: Expr | None
+    stop: Expr | None
+
+
+@dataclass(frozen=True)
+class Ellipsis_(Node):
+    pass
+
+
+@dataclass(frozen=True)
+class Subscript(Node):
+    value: Expr
+    index: tuple[Expr | Slice | Ellipsis_, ...]  # `x[:, -n:]`, `x[..., 0]`
+
+
+Expr = Number | String | Name | BinOp | UnaryOp | Call | ListExpr | Subscript
 
 
 # ---------------------------------------------------------------- statements
@@ -74,8 +96,26 @@ class Input(Node):
 
 
 @dataclass(frozen=True)
+class State(Node):
+    """`state NAME: DTYPE[dims]`: read like an input; its next value is set with `next`."""
+
+    name: str
+    dtype: str
+    dtype_span: Span
+    dims: tuple[tuple[str | int, Span], ...]
+
+
+@dataclass(frozen=True)
 class Assign(Node):
-    target: str
+    targets: tuple[str, ...]  # `a, b = chunk(x, 2)` unpacks a tuple
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Next(Node):
+    """`next NAME = expr`: the value of state NAME for the next call."""
+
+    name: str
     value: Expr
 
 
@@ -110,9 +150,22 @@ class BlockDef(Node):
     name: str
     params: tuple[str, ...]
     body: tuple[Stmt, ...]
+    defaults: tuple[tuple[str, Expr], ...] = ()  # `block linear(x, out, bias = true)`
 
 
-Stmt = Let | Input | Assign | Output | Repeat | If | Return | BlockDef
+@dataclass(frozen=True)
+class CallStmt(Node):
+    """A call on its own line, kept for its checks (`require(...)`); its value is dropped."""
+
+    call: Call
+
+
+@dataclass(frozen=True)
+class Import(Node):
+    path: str  # relative to the importing file
+
+
+Stmt = Let | Input | State | Assign | Output | Next | Repeat | If | Return | BlockDef | CallStmt
 
 
 @dataclass(frozen=True)
@@ -129,3 +182,4 @@ class Module:
     source: str
     blocks: tuple[BlockDef, ...]
     models: tuple[Model, ...]
+    imports: tuple[Import, ...] = ()

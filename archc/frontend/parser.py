@@ -21,7 +21,8 @@ _HUMAN = {
     "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`",
     "COMMA": "`,`", "COLON": "`:`", "EQ": "`=`", "CMP": "a comparison", "PLUS": "`+`",
     "MINUS": "`-`", "STAR": "`*`", "SLASH": "`/`", "DSLASH": "`//`", "PERCENT": "`%`",
-    "POW": "`**`", "NAME": "a name", "NUMBER": "a number", "STRING": "a string",
+    "POW": "`**`", "AT": "`@`", "ELLIPSIS": "`...`",
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string",
     "$END": "end of file",
 }
 
@@ -45,7 +46,8 @@ def parse(text: str, path: str = "<spec>") -> ast.Module:
         raise
     blocks = tuple(i for i in items if isinstance(i, ast.BlockDef))
     models = tuple(i for i in items if isinstance(i, ast.Model))
-    return ast.Module(path, text, blocks, models)
+    imports = tuple(i for i in items if isinstance(i, ast.Import))
+    return ast.Module(path, text, blocks, models, imports)
 
 
 def _human(expected: set[str]) -> str:
@@ -89,7 +91,7 @@ def _tok_span(path: str, tok: Token) -> Span:
 
 
 _KEEP = {"NAME", "NUMBER", "STRING", "CMP", "PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "PERCENT",
-         "POW", "AND", "OR", "NOT"}
+         "POW", "AND", "OR", "NOT", "AT"}
 
 
 def _strip(children):
@@ -115,8 +117,30 @@ class _ToAst(Transformer):
 
     def block_def(self, meta, c):
         c = _strip(c)
-        params = tuple(c[1]) if c[1] is not None else ()
-        return ast.BlockDef(self._s(meta), str(c[0]), params, tuple(c[2:]))
+        params = c[1] or []
+        defaults = tuple((n, d) for n, d in params if d is not None)
+        return ast.BlockDef(self._s(meta), str(c[0]), tuple(n for n, _ in params), tuple(c[2:]),
+                            defaults)
+
+    def params(self, meta, c):
+        return [p for p in c if p is not None and not isinstance(p, Token)]
+
+    def param(self, meta, c):
+        return (str(c[0]), c[2])
+
+    def import_stmt(self, meta, c):
+        return ast.Import(self._s(meta), str(c[1])[1:-1])
+
+    def state_stmt(self, meta, c):
+        name, dtype, dims = _strip(c)
+        return ast.State(self._s(meta), str(name), str(dtype), _tok_span(self.path, dtype), dims)
+
+    def call_stmt(self, meta, c):
+        return ast.CallStmt(self._s(meta), c[0])
+
+    def next_stmt(self, meta, c):
+        c = _strip(c)
+        return ast.Next(self._s(meta), str(c[0]), c[1])
 
     def names(self, meta, c):
         return [str(t) for t in _strip(c)]
@@ -144,7 +168,7 @@ class _ToAst(Transformer):
 
     def assign(self, meta, c):
         c = _strip(c)
-        return ast.Assign(self._s(meta), str(c[0]), c[1])
+        return ast.Assign(self._s(meta), tuple(c[0]), c[1])
 
     def output_stmt(self, meta, c):
         c = _strip(c)
@@ -191,6 +215,30 @@ class _ToAst(Transformer):
 
     def string(self, meta, c):
         return ast.String(self._s(meta), str(c[0])[1:-1])
+
+    def paren(self, meta, c):
+        return c[1]
+
+    def list(self, meta, c):
+        return ast.ListExpr(self._s(meta), tuple(c[1] or ()))
+
+    def exprs(self, meta, c):
+        return [x for x in c if x is not None and not isinstance(x, Token)]
+
+    def subscript(self, meta, c):
+        return ast.Subscript(self._s(meta), c[0], tuple(c[2]))
+
+    def subscripts(self, meta, c):
+        return [x for x in c if not isinstance(x, Token)]
+
+    def index(self, meta, c):
+        return c[0]
+
+    def slice(self, meta, c):
+        return ast.Slice(self._s(meta), c[0], c[2])
+
+    def ellipsis(self, meta, c):
+        return ast.Ellipsis_(self._s(meta))
 
     def binop(self, meta, c):
         left, op, right = c

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,10 @@ class LayerFailed(Exception):
     """Raised inside a layer after its diagnostic is recorded; the call evaluates to POISON."""
 
 
+class Abort(Exception):
+    """A failed `require`: the enclosing block stops and evaluates to POISON."""
+
+
 @dataclass
 class LayerBuilder:
     graph: Graph
@@ -32,6 +37,7 @@ class LayerBuilder:
     shared: tuple[str, ...]  # prefixes of the shared repeats we are inside
     uses: Counter
     arg_spans: dict = field(default_factory=dict)  # argument name -> where it was written
+    ev: Any = None  # the evaluator, for primitives that read the spec's state (param names)
 
     def at(self, arg: str) -> Span:
         """The span of one argument of the call (the whole call when it was not written)."""
@@ -121,4 +127,4 @@ class LayerBuilder:
         return d
 
 
-__all__ = ["POISON", "LayerBuilder", "LayerFailed"]
+__all__ = ["POISON", "Abort", "LayerBuilder", "LayerFailed"]

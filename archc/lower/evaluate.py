@@ -1,118 +1,94 @@
 """Lowering: walk a model's statements and build the IR graph.
 
-Compile-time values (numbers, bools, layer names, rope configs) are computed here; tensors are
-IR nodes. `repeat` unrolls, `if` picks a branch by a compile-time condition, a `block` call
-expands its body in a fresh scope. Nothing in a spec is executed as code: the evaluator knows
-only the AST's node types and the layer table.
+Compile-time values (numbers, bools, words, lists, symbolic dims, layer names, rope configs)
+are computed here; tensors are IR nodes. `repeat` unrolls, `if` picks a branch by a
+compile-time condition, a `block` call expands its body in a fresh scope. Nothing in a spec is
+executed as code: the evaluator knows only the AST's node types and the primitive table.
 
-Parameter names follow the layer nesting: `repeat 12 as h` gives `h.0`, `h.1`, ...;
-`repeat 6 shared as h` gives `h` for every iteration (one set of weights); a layer is named by
-`as NAME` or after itself (`attention`, then `attention_1`, ... within one scope).
+Parameter names follow the block nesting: `repeat 12 as h` gives `h.0`, `h.1`, ...;
+`repeat 6 shared as h` gives `h` for every iteration (one set of weights); a block call is named
+by `as NAME` or after the block (`attention`, then `attention_1`, ... within one scope), and
+`as _` expands a block in the caller's scope. Inside a block, `w = param(...)` names the
+parameter `w`.
+
+The standard library (`archc/stdlib/*.arch`) is in scope in every spec. An error inside a
+library block points at the user's call, with the library line in a note.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import operator
 from collections import Counter
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from archc.diagnostics import Collector, Span, did_you_mean
 from archc.frontend import ast
 from archc.ir.graph import Graph, Node
-from archc.ir.types import DTYPES, ShapeError
-from archc.lower import attention as _attention  # noqa: F401  (registers the layer)
-from archc.lower.builder import LayerBuilder, LayerFailed
-from archc.lower.layers import LAYERS, NUMERIC
-from archc.lower.signature import POISON, ModuleRef, bind, describe
+from archc.ir.types import DTYPES, ShapeError, TensorType
+from archc.lower import operators, primitives  # noqa: F401  (registers the primitives)
+from archc.lower.builder import Abort
+from archc.lower.calls import BlockValue, Calls, Env, Frame, Scope, _Return
+from archc.lower.signature import POISON, SymDim, describe
 
 MAX_REPEAT = 4096
-MAX_DEPTH = 32
-
-_NUM_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
-            "//": operator.floordiv, "%": operator.mod, "**": operator.pow, "==": operator.eq,
-            "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
-            ">=": operator.ge}
-_TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "==": "equal",
-               "!=": "not_equal"}
+MAX_EXPANSIONS = 100_000  # block calls and repeat steps per model, all nesting counted
 
 
-class Env:
-    """Lexical scopes: a block sees the names of the scope it was defined in."""
-
-    def __init__(self, parent: Env | None = None):
-        self.vars: dict = {}
-        self.parent = parent
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.vars or (self.parent is not None and name in self.parent)
-
-    def get(self, name: str):
-        env = self
-        while env is not None:
-            if name in env.vars:
-                return env.vars[name]
-            env = env.parent
-        raise KeyError(name)
-
-    def names(self) -> set[str]:
-        return set(self.vars) | (self.parent.names() if self.parent else set())
-
-
-@dataclass
-class Scope:
-    prefix: str
-    counters: Counter = field(default_factory=Counter)
-    named: set[str] = field(default_factory=set)
-
-    def child(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-
-@dataclass
-class BlockValue:
-    node: ast.BlockDef
-    env: Env
-
-
-class _Return(Exception):
-    def __init__(self, value):
-        self.value = value
-
-
-class Evaluator:
-    def __init__(self, module: ast.Module, diags: Collector, cache: bool = False):
+class Evaluator(Calls):
+    def __init__(self, blocks, diags: Collector, cache: bool = False,
+                 library: frozenset[str] = frozenset()):
         self.cache = cache
-        self.module = module
         self.diags = diags
+        self.library = library  # files of the standard library
         self.env = Env()
-        self.env.vars.update({"true": True, "false": False, "pi": math.pi})
+        self.env.vars.update({"true": True, "false": False, "pi": math.pi, "none": None})
         self.graph: Graph | None = None
         self.scope = Scope("")
         self.shared: tuple[str, ...] = ()
         self.modules: dict[str, str] = {}
         self.uses: Counter = Counter()
-        self.depth = 0
-        for blk in module.blocks:
-            self.env.vars[blk.name] = BlockValue(blk, self.env)
+        self.frames: list[Frame] = []
+        self.expansions = 0
+        self.naming: str | None = None  # the target of `w = param(...)`
+        for blk in blocks:
+            self.env.vars[blk.name] = BlockValue(blk, self.env, blk.span.file in library)
+        diags.locate = self._locate
 
-    def err(self, code: str, message: str, span: Span, label: str = "", help: str | None = None):
+    def err(self, code: str, message: str, span: Span | None, label: str = "",
+            help: str | None = None):
         self.diags.error(code, message, span, label, help=help)
+
+    def _locate(self, span: Span | None) -> tuple[Span | None, tuple[str, ...]]:
+        """Errors inside the library point at the user's call; the library line is a note."""
+        if span is None or span.file not in self.library:
+            return span, ()
+        site = next((f for f in reversed(self.frames) if f.call.file not in self.library), None)
+        if site is None:
+            return span, ()
+        line, col = span.line_col(self.diags.sources[span.file])
+        return site.call, (f"in library block `{site.block}` at {span.file}:{line}:{col}",)
 
     # ------------------------------------------------------------ statements
     def model(self, m: ast.Model) -> Graph:
         self.graph = Graph(m.name)
         self.graph.meta["cache"] = self.cache
+        self.graph.meta["states"] = {}
         declared = {s.name for s in m.body if isinstance(s, ast.Input)}
         # With a cache, the decoder's mask covers past + new tokens; an encoder's does not.
         self.cache_masks = ("decoder_attention_mask",) if "decoder_input_ids" in declared \
             else ("attention_mask",)
         self.env = Env(self.env)
-        self.block(m.body)
-        presents = [k for k in self.graph.outputs if k.startswith("present.")]
-        for k in presents:  # the spec's outputs first, then the cache
+        with contextlib.suppress(Abort):  # a failed `require` at model level
+            self.block(m.body)
+        states = self.graph.meta["states"]
+        for name, out in states.items():
+            if out not in self.graph.outputs and not self.diags.diagnostics:
+                node = self.graph.inputs[name]
+                self.err("E0110", f"state `{name}` has no `next` value", node.span,
+                         "declared here", help=f"add `next {name} = ...`")
+        late = [k for k in self.graph.outputs if k.startswith("present.") or k in
+                states.values()]
+        for k in late:  # the spec's outputs first, then states and the cache
             self.graph.outputs[k] = self.graph.outputs.pop(k)
         if not self.graph.outputs and not self.diags.diagnostics:
             self.err("E0107", f"model `{m.name}` has no `output`", m.span, "declares no output",
@@ -128,31 +104,93 @@ class Evaluator:
             self.env.vars[name] = self.eval(expr)
 
     def stmt_assign(self, s: ast.Assign):
-        self.env.vars[s.target] = self.eval(s.value)
+        single = len(s.targets) == 1
+        if single and isinstance(s.value, ast.Call) and s.value.func == "param":
+            self.naming = s.targets[0]
+        try:
+            value = self.eval(s.value)
+        finally:
+            self.naming = None
+        if single:
+            self.env.vars[s.targets[0]] = value
+        elif value is POISON:
+            self.env.vars.update(dict.fromkeys(s.targets, POISON))
+        elif isinstance(value, tuple) and len(value) == len(s.targets):
+            self.env.vars.update(zip(s.targets, value))
+        else:
+            self.err("E0104", f"cannot unpack {describe(value)} into {len(s.targets)} names",
+                     s.value.span, "here")
+            self.env.vars.update(dict.fromkeys(s.targets, POISON))
+
+    def stmt_callstmt(self, s: ast.CallStmt):
+        self.eval(s.call)
 
     def stmt_blockdef(self, s: ast.BlockDef):
         self.env.vars[s.name] = BlockValue(s, self.env)
 
-    def stmt_input(self, s: ast.Input):
+    def _type(self, s: ast.Input | ast.State) -> TensorType | None:
         if s.dtype not in DTYPES:
             self.err("E0104", f"unknown dtype `{s.dtype}`", s.dtype_span, "not a dtype",
                      help=did_you_mean(s.dtype, DTYPES) or f"use one of {', '.join(DTYPES)}")
-            return
-        from archc.ir.types import TensorType
-
+            return None
         dims: list = []
         for d, span in s.dims:
             if isinstance(d, str) and d in self.env and isinstance(self.env.get(d), int):
                 d = self.env.get(d)
-            if not isinstance(d, int | str) or isinstance(d, float):
-                self.err("E0104", "a dim must be a name or an integer", span, "here")
-                return
+            elif isinstance(d, str) and d in self.env and isinstance(self.env.get(d), SymDim):
+                d = self.env.get(d).name
+            if not isinstance(d, int | str) or isinstance(d, float | bool) or (
+                    isinstance(d, int) and d < 1):
+                self.err("E0104", "a dim must be a name or a positive integer", span,
+                         f"this is {describe(d)}")
+                return None
             dims.append(d)
-        if self.cache and s.name in self.cache_masks and len(dims) == 2 and \
-                isinstance(dims[1], str):
-            dims[1] = f"past+{dims[1]}"  # with a cache the mask covers past and new tokens
-        self.env.vars[s.name] = self.graph.add_input(s.name, TensorType(s.dtype, tuple(dims)),
-                                                     s.span)
+        return TensorType(s.dtype, tuple(dims))
+
+    def _declare(self, s: ast.Input | ast.State, t: TensorType) -> Node | None:
+        if s.name in self.graph.inputs:
+            self.err("E0105", f"input `{s.name}` is declared twice", s.span, "second one")
+            return None
+        node = self.graph.add_input(s.name, t, s.span)
+        self.env.vars[s.name] = node
+        for axis, d in enumerate(t.shape):  # `seq` becomes a value: zeros(batch, seq), x / seq
+            if isinstance(d, str) and d.isidentifier() and d not in self.env:
+                self.env.vars[d] = SymDim(d, node, axis)
+        return node
+
+    def stmt_input(self, s: ast.Input):
+        t = self._type(s)
+        if t is None:
+            return
+        if self.cache and s.name in self.cache_masks and t.rank == 2 and \
+                isinstance(t.shape[1], str):  # with a cache the mask covers past and new tokens
+            t = TensorType(t.dtype, (t.shape[0], f"past+{t.shape[1]}"))
+        self._declare(s, t)
+
+    def stmt_state(self, s: ast.State):
+        t = self._type(s)
+        if t is not None and self._declare(s, t) is not None:
+            self.graph.meta["states"][s.name] = f"next.{s.name}"
+
+    def stmt_next(self, s: ast.Next):
+        value = self.eval(s.value)
+        state = self.graph.inputs.get(s.name)
+        if value is POISON:
+            return
+        if s.name not in self.graph.meta["states"]:
+            self.err("E0110", f"`{s.name}` is not a state", s.span, "no such state",
+                     help=did_you_mean(s.name, self.graph.meta["states"]) or
+                     f"declare it first: `state {s.name}: float32[...]`")
+        elif not isinstance(value, Node) or value.type.dtype != state.type.dtype or \
+                value.type.rank != state.type.rank or any(
+                    isinstance(a, int) and isinstance(b, int) and a != b
+                    for a, b in zip(value.type.shape, state.type.shape)):
+            self.err("E0201", f"next `{s.name}` must be {state.type}", s.value.span,
+                     f"this is {describe(value)}")
+        elif f"next.{s.name}" in self.graph.outputs:
+            self.err("E0105", f"`next {s.name}` is set twice", s.span, "second one")
+        else:
+            self.graph.set_output(f"next.{s.name}", value)
 
     def stmt_output(self, s: ast.Output):
         value = self.eval(s.value)
@@ -192,10 +230,20 @@ class Evaluator:
         if s.shared:
             self.shared = (*self.shared, base)
         for i in range(n):
+            if not self._spend(s.count.span):
+                break
             self.scope = Scope(base if s.shared else f"{base}.{i}")
             self.env.vars[s.var] = i
             self.block(s.body)
         self.scope, self.shared = outer, outer_shared
+
+    def _spend(self, span: Span) -> bool:
+        self.expansions += 1
+        if self.expansions == MAX_EXPANSIONS + 1:
+            self.err("E0108", f"the model expands more than {MAX_EXPANSIONS:,} blocks and "
+                     "repeat steps", span, "the budget runs out here",
+                     help="nested repeats multiply: reduce the counts")
+        return self.expansions <= MAX_EXPANSIONS
 
     # ------------------------------------------------------------ expressions
     def eval(self, e: ast.Expr):
@@ -205,164 +253,19 @@ class Evaluator:
         return e.value
 
     def expr_string(self, e: ast.String):
-        self.err("E0104", "strings are not values in .arch", e.span, "here",
-                 help="option values such as `act = relu` are written without quotes")
-        return POISON
+        return e.value
 
-    def expr_name(self, e: ast.Name):
-        if e.id in self.env:
-            return self.env.get(e.id)
-        hint = did_you_mean(e.id, self.env.names())
-        self.err("E0100", f"unknown name `{e.id}`", e.span, "not defined", help=hint)
-        return POISON
-
-    def expr_unaryop(self, e: ast.UnaryOp):
-        v = self.eval(e.operand)
-        if v is POISON:
-            return v
-        if e.op == "not" and isinstance(v, bool):
-            return not v
-        if e.op == "-" and isinstance(v, int | float) and not isinstance(v, bool):
-            return -v
-        if e.op == "-" and isinstance(v, Node):
-            return self._emit(e.span, "neg", v)
-        self.err("E0104", f"cannot apply `{e.op}` to {describe(v)}", e.span, "here")
-        return POISON
+    def expr_listexpr(self, e: ast.ListExpr):
+        items = tuple(self.eval(i) for i in e.items)
+        return POISON if any(i is POISON for i in items) else items
 
     def expr_binop(self, e: ast.BinOp):
-        a, b = self.eval(e.left), self.eval(e.right)
-        if a is POISON or b is POISON:
-            return POISON
-        if e.op in ("and", "or") and isinstance(a, bool) and isinstance(b, bool):
-            return (a and b) if e.op == "and" else (a or b)
-        if _is_num(a) and _is_num(b) and e.op in _NUM_OPS:
-            try:
-                return _NUM_OPS[e.op](a, b)
-            except (ZeroDivisionError, OverflowError) as err:
-                self.err("E0104", f"cannot compute `{e.op}`: {err}", e.span, "here")
-                return POISON
-        if e.op in _TENSOR_OPS and isinstance(a, Node | int | float) and \
-                isinstance(b, Node | int | float) and (isinstance(a, Node) or isinstance(b, Node)):
-            like = a if isinstance(a, Node) else b  # `ids != 1` compares in the ids' dtype
-            a, b = (self._as_tensor(v, e.span, like) for v in (a, b))
-            return self._emit(e.span, _TENSOR_OPS[e.op], a, b)
-        self.err("E0104", f"cannot apply `{e.op}` to {describe(a)} and {describe(b)}", e.span,
-                 "here")
-        return POISON
+        return operators.binop(self, e)
 
-    def _as_tensor(self, v, span: Span, like: Node | None = None) -> Node:
-        dtype = np.int64 if like is not None and like.type.dtype == "int64" else np.float32
-        return v if isinstance(v, Node) else self.graph.add_const(
-            np.asarray(v, dtype), scope=self.scope.prefix)
+    def expr_unaryop(self, e: ast.UnaryOp):
+        return operators.unop(self, e)
 
-    def _emit(self, span: Span, op: str, *inputs: Node) -> Node:
-        b = LayerBuilder(self.graph, self.diags, self.scope.prefix, span, self.shared, self.uses)
-        try:
-            return b.op(op, *inputs)
-        except LayerFailed:
-            return POISON
-
-    def expr_call(self, e: ast.Call):
-        fn = self.env.get(e.func) if e.func in self.env else None
-        if isinstance(fn, BlockValue):
-            return self.call_block(fn, e)
-        layer = LAYERS.get(e.func)
-        if layer is None:
-            known = set(LAYERS) | {n for n in self.env.names()
-                                   if isinstance(self.env.get(n), BlockValue)}
-            self.err("E0101", f"unknown layer or function `{e.func}`", e.func_span,
-                     "not a layer, function or block", help=did_you_mean(e.func, known))
-            return POISON
-        if e.func in NUMERIC and len(e.args) == 1 and not e.kwargs:  # sqrt(d) or sqrt(x)
-            v = self.eval(e.args[0])
-            if v is POISON or _is_num(v):
-                return v if v is POISON else float(NUMERIC[e.func](v))
-            if isinstance(v, Node):
-                return self._emit(e.span, e.func, v)
-            self.err("E0104", f"`{e.func}` needs a number or a tensor", e.args[0].span,
-                     f"this is {describe(v)}")
-            return POISON
-        spans: dict = {}
-        args = bind(layer.sig, e, self, spans)
-        if args is None:
-            return POISON
-        prefix = self._name_layer(e, e.func) if layer.owns else self.scope.prefix
-        if prefix is None:
-            return POISON
-        b = LayerBuilder(self.graph, self.diags, prefix, e.span, self.shared, self.uses, spans)
-        try:
-            return layer.lower(b, **args)
-        except LayerFailed:
-            return POISON
-
-    def _name_layer(self, e: ast.Call, default: str) -> str | None:
-        if e.alias is not None:
-            if e.alias in self.scope.named:
-                self.err("E0105", f"the name `{e.alias}` is used twice in this scope", e.span,
-                         "second use", help="layers in one scope need distinct names")
-                return None
-            self.scope.named.add(e.alias)
-            name = e.alias
-        else:
-            k = self.scope.counters[default]
-            self.scope.counters[default] += 1
-            name = default if k == 0 else f"{default}_{k}"
-        full = self.scope.child(name)
-        self.modules[name] = full
-        self.modules[full] = full
-        return full
-
-    def module_ref(self, e: ast.Name):
-        if e.id in self.modules:
-            return ModuleRef(self.modules[e.id])
-        self.err("E0106", f"no layer named `{e.id}`", e.span, "not a named layer",
-                 help=did_you_mean(e.id, self.modules) or "name a layer with `... as NAME`")
-        return POISON
-
-    def call_block(self, blk: BlockValue, e: ast.Call):
-        params = blk.node.params
-        if len(e.args) > len(params):
-            self.err("E0103", f"block `{blk.node.name}` takes {len(params)} arguments, "
-                     f"got {len(e.args)}", e.span, "too many arguments")
-            return POISON
-        env = Env(blk.env)
-        values = dict(zip(params, (self.eval(a) for a in e.args)))
-        for kw in e.kwargs:
-            if kw.name not in params:
-                self.err("E0102", f"block `{blk.node.name}` has no parameter `{kw.name}`",
-                         kw.span, "unknown", help=did_you_mean(kw.name, params))
-                return POISON
-            values[kw.name] = self.eval(kw.value)
-        missing = [p for p in params if p not in values]
-        if missing:
-            self.err("E0103", f"block `{blk.node.name}` is missing `{missing[0]}`", e.span,
-                     "missing argument")
-            return POISON
-        if self.depth >= MAX_DEPTH:
-            self.err("E0108", f"blocks nest deeper than {MAX_DEPTH} (recursion?)", e.span, "here")
-            return POISON
-        env.vars.update(values)
-        outer_env, outer_scope = self.env, self.scope
-        prefix = self._name_layer(e, blk.node.name)
-        if prefix is None:
-            return POISON
-        self.env, self.scope, self.depth = env, Scope(prefix), self.depth + 1
-        try:
-            self.block(blk.node.body)
-            result = None
-        except _Return as r:
-            result = r.value
-        finally:
-            self.env, self.scope, self.depth = outer_env, outer_scope, self.depth - 1
-        if result is None:
-            self.err("E0104", f"block `{blk.node.name}` returns nothing", e.span,
-                     "used as a value here", help="end the block with `return x`")
-            return POISON
-        return result
-
-
-def _is_num(v) -> bool:
-    return (isinstance(v, int | float) and not isinstance(v, bool)) or isinstance(v, bool)
-
+    def expr_subscript(self, e: ast.Subscript):
+        return operators.subscript(self, e)
 
 __all__ = ["Evaluator", "ShapeError"]

@@ -42,9 +42,34 @@ class ModuleRef:
 
 
 @dataclass(frozen=True)
+class SymDim:
+    """A symbolic dim (`seq`) as a compile-time value: its name, and a tensor whose `axis` has
+    that size at run time (so `zeros(batch, seq)` or `x / seq` can read it)."""
+
+    name: str
+    ref: Node
+    axis: int
+
+
+@dataclass(frozen=True)
+class FuncRef:
+    """A primitive function used as a value: `act = silu`, later called as `act(x)`."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Word:
+    """A bare word passed to a block (`init = xavier`): an option value, checked where used."""
+
+    text: str
+    span: Any = field(default=None, compare=False)  # where it was written, for messages
+
+
+@dataclass(frozen=True)
 class Arg:
     name: str
-    kind: str  # tensor | int | float | bool | enum | module | rope | value
+    kind: str  # tensor | int | float | bool | enum | module | rope | value | *value (variadic)
     default: Any = REQUIRED
     choices: tuple[str, ...] = ()
 
@@ -68,7 +93,8 @@ class Signature:
 
 _KIND_TEXT = {"tensor": "a tensor", "int": "an integer", "float": "a number", "bool":
               "`true` or `false`", "enum": "one of", "module": "the name of a layer given with "
-              "`as`", "rope": "`rope(...)`", "value": "a value"}
+              "`as`", "rope": "`rope(...)`", "value": "a value", "dim": "a dim (an integer or "
+              "a symbolic dim such as `seq`)", "list": "a list `[...]`"}
 
 
 def bind(sig: Signature, call: ast.Call, ev, spans: dict | None = None) -> dict[str, Any] | None:
@@ -78,6 +104,13 @@ def bind(sig: Signature, call: ast.Call, ev, spans: dict | None = None) -> dict[
     ok = True
     positional = list(call.args)
     slots = list(sig.args[: sig.positional])
+    rest = next((a for a in slots if a.kind.startswith("*")), None)
+    if rest is not None:  # variadic: `param(d, out)` or `concat(a, b)`; one list also works
+        slots = slots[: slots.index(rest)]
+        extra = positional[len(slots):]
+        positional = positional[: len(slots)]
+        items = _variadic(extra, ev)
+        bound[rest.name] = (items, call)
     for expr in positional:
         flag = sig.index.get(expr.id) if isinstance(expr, ast.Name) else None
         if flag is not None and flag.kind == "bool" and expr.id not in ev.env:
@@ -118,18 +151,42 @@ def bind(sig: Signature, call: ast.Call, ev, spans: dict | None = None) -> dict[
     return out
 
 
+def _variadic(exprs, ev) -> Any:
+    values = [ev.eval(x) for x in exprs]
+    if any(v is POISON for v in values):
+        return POISON
+    if len(values) == 1 and isinstance(values[0], tuple):
+        return values[0]
+    return tuple(values)
+
+
 def _convert(arg: Arg, expr: ast.Expr, ev) -> Any:
-    if arg.kind == "enum" and isinstance(expr, ast.Name | ast.String):
+    word = None
+    if arg.kind == "enum" and isinstance(expr, ast.Name | ast.String) and not (
+            isinstance(expr, ast.Name) and expr.id in ev.env):
         word = expr.id if isinstance(expr, ast.Name) else expr.value
+    elif arg.kind == "enum":  # a block passing its own option on: `init = init`
+        value = ev.eval(expr)
+        if value is POISON:
+            return value
+        word = value.text if isinstance(value, Word) else value if isinstance(value, str) \
+            else None
+        if word is None:
+            ev.err("E0104", f"`{arg.name}` must be one of {', '.join(arg.choices)}", expr.span,
+                   f"this is {describe(value)}")
+            return POISON
+    if word is not None:
         if word in arg.choices:
             return word
         ev.err("E0104", f"`{word}` is not a valid `{arg.name}`", expr.span,
                f"expected one of {', '.join(arg.choices)}",
                help=did_you_mean(word, arg.choices))
         return POISON
-    if arg.kind == "module" and isinstance(expr, ast.Name):
+    if arg.kind == "module" and isinstance(expr, ast.Name) and expr.id not in ev.env:
         return ev.module_ref(expr)
     value = ev.eval(expr)
+    if arg.kind == "module" and isinstance(value, Word) and value.span is not None:
+        return ev.module_ref(ast.Name(value.span, value.text))  # `tied = wte` passed on
     if value is POISON or arg.kind == "value":
         return value
     if value is None and arg.default is None:
@@ -154,6 +211,12 @@ def _fits(kind: str, v: Any) -> bool:
         return isinstance(v, bool)
     if kind == "rope":
         return isinstance(v, Rope)
+    if kind == "module":
+        return isinstance(v, ModuleRef)
+    if kind == "dim":
+        return isinstance(v, SymDim) or (isinstance(v, int) and not isinstance(v, bool))
+    if kind == "list":
+        return isinstance(v, tuple)
     return False
 
 
@@ -168,4 +231,14 @@ def describe(v: Any) -> str:
         return "a rope config"
     if isinstance(v, ModuleRef):
         return f"the layer `{v.prefix}`"
+    if isinstance(v, SymDim):
+        return f"the symbolic dim `{v.name}`"
+    if isinstance(v, Word):
+        return f"the word `{v.text}`"
+    if isinstance(v, FuncRef):
+        return f"the function `{v.name}`"
+    if isinstance(v, tuple):
+        return f"a list of {len(v)}"
+    if isinstance(v, str):
+        return f'the string "{v}"'
     return "nothing" if v is None else type(v).__name__

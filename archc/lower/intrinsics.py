@@ -1,0 +1,248 @@
+"""Primitives that touch more than one op: parameters, checks, positions and masks, the KV cache
+and encoder cache, rotary and relative positions, and the MoE gate.
+
+These stay in Python because each reads or writes graph-level facts that a block cannot see:
+parameter names and reuse (`param`, `weight_of`), the cache mode and the graph's inputs and
+outputs (`positions`, `cache`, `encoder_cache`), or diagnostics about the caller's arguments
+(`require`). The math they emit is ordinary ops.
+"""
+
+from __future__ import annotations
+
+import re
+
+from archc.ir.graph import Node
+from archc.ir.types import TensorType, numel
+from archc.lower.builder import Abort, LayerBuilder, LayerFailed
+from archc.lower.layers import layer, tied_weight
+from archc.lower.signature import Arg, ModuleRef, Rope, SymDim, Word, describe
+
+T = "tensor"
+INITS = ("xavier", "he", "normal", "ones", "zeros")
+ROLES = ("other", "token_embedding", "position_embedding", "token_type_embedding", "head")
+
+
+# ---------------------------------------------------------------- parameters and checks
+@layer("param", 1, Arg("dims", "*value"), Arg("init", "enum", "xavier", INITS),
+       Arg("std", "float", 0.02), Arg("role", "enum", "other", ROLES), owns=False,
+       doc="a weight of the enclosing block, named by `w = param(...)` or `param(...) as w`")
+def param(b: LayerBuilder, dims, init, std, role):
+    name = b.ev.naming
+    if name is None:
+        b.fail("E0109", "a parameter needs a name", "unnamed",
+               help="write `w = param(...)` or `param(...) as w`")
+    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                           for d in dims):
+        bad = next((d for d in dims if not isinstance(d, int) or d <= 0), None)
+        b.fail("E0200", f"parameter `{name}` needs positive integer dims", "here",
+               help=f"got {describe(bad)}" if dims else "give at least one dim")
+    rule = f"normal:{std}" if init == "normal" else init
+    return b.param(name, tuple(dims), rule, role=role)
+
+
+@layer("weight_of", 2, Arg("source", "module"), Arg("shape", "list"), owns=False,
+       doc="the `weight` of the layer named `source` (tied weights), checked against shape")
+def weight_of(b, source, shape):
+    return tied_weight(b, source, tuple(shape))
+
+
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _format(b: LayerBuilder, text: str) -> str:
+    """`{name}` in a message shows that compile-time value; nothing else is interpreted."""
+    def value(m):
+        name = m.group(1)
+        v = b.ev.env.get(name) if name in b.ev.env else None
+        if isinstance(v, Node):
+            return str(v.type)
+        if isinstance(v, Word | SymDim):
+            return v.text if isinstance(v, Word) else v.name
+        return m.group(0) if v is None else str(v)
+    return _FIELD.sub(value, text)
+
+
+@layer("require", 2, Arg("cond", "bool"), Arg("message", "value"), Arg("at", "value", None),
+       Arg("label", "value", ""), Arg("help", "value", None), owns=False,
+       doc='a compile-time check: require(heads > 0, "...", at = "heads")')
+def require(b, cond, message, at, label, help):
+    if cond:
+        return True
+    frame = b.ev.frames[-1] if b.ev.frames else None
+    span = b.span
+    if frame is not None:
+        span = frame.arg_spans.get(at, frame.call) if isinstance(at, str) else frame.call
+    try:
+        b.fail("E0200", _format(b, str(message)), _format(b, str(label)), span=span,
+               help=None if help is None else _format(b, str(help)))
+    except LayerFailed:
+        raise Abort from None
+
+
+# ---------------------------------------------------------------- positions and masks
+@layer("positions", 1, Arg("x", T), Arg("axis", "int", 1), owns=False,
+       doc="positions along x's axis (int64 [T]); with a KV cache, offset by the past length")
+def positions(b, x, axis):
+    return b.positions(x, axis % x.type.rank)
+
+
+@layer("key_positions", 1, Arg("k", T), Arg("axis", "int", 2), owns=False,
+       doc="positions of the keys k [B,H,S,D] (with a cache: past and new ones)")
+def key_positions(b, k, axis):
+    mask = _window_mask(b, k)
+    if mask is not None:
+        return b.op("tail", b.positions(mask, axis=1), k, axis=0, ref_axis=2)
+    return b.key_positions(k, axis)
+
+
+@layer("key_mask", 2, Arg("mask", T), Arg("k", T), owns=False,
+       doc="the padding mask of the keys k: with a windowed cache, the tail of `mask`")
+def key_mask(b, mask, k):
+    return mask if _window_mask(b, k) is None else b.op("tail", mask, k, axis=1, ref_axis=2)
+
+
+def _window_mask(b: LayerBuilder, k: Node) -> Node | None:
+    d = k.type.shape[2]
+    if not (isinstance(d, str) and d.startswith("past_window")):
+        return None
+    seq = d.split("+", 1)[1]
+    return b.past_mask(seq)
+
+
+@layer("causal_mask", 2, Arg("qpos", T), Arg("kpos", T), Arg("window", "int", 0), owns=False,
+       doc="keep [Tq, Tk]: key <= query (and within the last `window` keys)")
+def causal_mask(b, qpos, kpos, window):
+    return b.op("causal_mask", qpos, kpos, window=window)
+
+
+@layer("band_mask", 3, Arg("qpos", T), Arg("kpos", T), Arg("radius", "int"), owns=False,
+       doc="keep [Tq, Tk]: |key - query| <= radius")
+def band_mask(b, qpos, kpos, radius):
+    return b.op("band_mask", qpos, kpos, radius=radius)
+
+
+@layer("padding_mask", 1, Arg("mask", T), owns=False,
+       doc="keep [B, 1, 1, Tk] from an int64 [batch, seq] mask (1 = real token)")
+def padding_mask(b, mask):
+    if mask.type.dtype != "int64" or mask.type.rank != 2:
+        b.fail("E0201", f"`mask` must be int64[batch, seq], got {mask.type}", "here")
+    return b.op("padding_mask", mask)
+
+
+@layer("mask_fill", 2, Arg("x", T), Arg("keep", T), owns=False,
+       doc="x where keep, else float32's lowest value (a softmax then ignores it)")
+def mask_fill(b, x, keep):
+    return b.op("mask_fill", x, keep)
+
+
+@layer("tail", 2, Arg("x", T), Arg("like", T), Arg("axis", "int", 1), Arg("like_axis", "int", 1),
+       owns=False, doc="the last dim(like, like_axis) entries of x along axis")
+def tail(b, x, like, axis, like_axis):
+    if x.type.shape[axis] == like.type.shape[like_axis]:
+        return x
+    return b.op("tail", x, like, axis=axis, ref_axis=like_axis)
+
+
+# ---------------------------------------------------------------- state: the KV cache
+@layer("cache", 2, Arg("x", T), Arg("name", "value"), Arg("window", "int", 0), owns=False,
+       doc="x [B, H, T, D] on a full pass; when decoding, past ++ x, with the result (its last "
+           "window - 1 entries when windowed) kept for the next call")
+def cache(b, x, name, window):
+    if x.type.rank != 4 or not all(isinstance(d, int) for d in (x.type.shape[1],
+                                                                 x.type.shape[3])):
+        b.fail("E0201", f"`cache` needs [batch, heads, seq, dim] with static heads and dim, "
+               f"got {x.type}", "here")
+    b.graph.meta["kv_per_token"] = b.graph.meta.get("kv_per_token", 0) + numel(
+        (x.type.shape[1], x.type.shape[3]))
+    if not b.cache:
+        return x
+    seq = x.type.shape[2]
+    if b.past_mask(seq) is None:
+        b.fail("E0202", "incremental decoding needs an attention mask input covering past and "
+               "new tokens", "this layer keeps a KV cache",
+               help="declare `input attention_mask: int64[batch, seq]` and pass it as `mask`")
+    counts = b.graph.meta.setdefault("cache_counts", {})
+    n = counts.get(name, 0)
+    counts[name] = n + 1
+    b.graph.meta["cache_layers"] = max(b.graph.meta.get("cache_layers", 0), n + 1)
+    past_dim = f"past_window{window}" if window else "past"
+    past = b.graph.add_input(f"past_key_values.{n}.{name}", TensorType(
+        "float32", (x.type.shape[0], x.type.shape[1], past_dim, x.type.shape[3])))
+    full = b.op("concat", past, x, axis=2)
+    present = b.op("last", full, axis=2, n=window - 1) if window else full
+    b.graph.set_output(f"present.{n}.{name}", present)
+    b.graph.meta["states"][past.name] = f"present.{n}.{name}"
+    return full
+
+
+@layer("encoder_cache", 2, Arg("k", T), Arg("v", T), owns=False,
+       doc="cross-attention keys and values: with a cache, computed once by the encoder graph")
+def encoder_cache(b, k, v):
+    if b.cache:
+        n = len(b.graph.meta.setdefault("cross_kv", []))
+        b.graph.meta["cross_kv"].append((f"encoder_key_values.{n}", k, v))
+    return (k, v)
+
+
+# ---------------------------------------------------------------- positions inside attention
+@layer("repeat_kv", 2, Arg("x", T), Arg("groups", "int"), owns=False,
+       doc="[B, KV, S, D] -> [B, KV*groups, S, D], each kv head repeated groups times")
+def repeat_kv(b, x, groups):
+    return x if groups == 1 else b.op("repeat_kv", x, groups=groups)
+
+
+@layer("rotary", 3, Arg("x", T), Arg("pos", T), Arg("rope", "rope"), owns=False,
+       doc="rotate x [B, H, T, D] by positions pos with a `rope(...)` config")
+def rotary(b, x, pos, rope: Rope):
+    hd = b.dim(x)
+    rot = rope_dims(rope, hd)
+    if rot % 2 or not 0 < rot <= hd:
+        b.fail("E0200", f"rotary dim {rot} must be even and within head_dim {hd}",
+               f"gives {rot} rotary dims", span=b.at("rope"))
+    angles = b.op("rope_angles", pos, dim=rot, theta=rope.theta)
+    return b.op("rope", x, angles, interleaved=rope.interleaved)
+
+
+def rope_dims(rope: Rope, head_dim: int) -> int:
+    return rope.dim or int(head_dim * rope.fraction)
+
+
+@layer("rope_dims", 2, Arg("rope", "rope"), Arg("head_dim", "int"), owns=False,
+       doc="how many of head_dim dims a rope config rotates")
+def rope_dims_fn(b, rope, head_dim):
+    return rope_dims(rope, head_dim)
+
+
+@layer("relative_buckets", 5, Arg("qpos", T), Arg("kpos", T), Arg("buckets", "int", 32),
+       Arg("max_distance", "int", 128), Arg("bidirectional", "bool", True), owns=False,
+       doc="T5's bucket of each relative position key - query: [Tq, Tk] int64")
+def relative_buckets(b, qpos, kpos, buckets, max_distance, bidirectional):
+    return b.op("relative_buckets", qpos, kpos, num_buckets=buckets, max_distance=max_distance,
+                bidirectional=bidirectional)
+
+
+@layer("alibi_slopes", 1, Arg("heads", "int"), owns=False, doc="ALiBi's per-head slopes [heads]")
+def alibi_slopes_fn(b, heads):
+    from archc.ops.attention import alibi_slopes
+
+    if heads < 1:
+        b.fail("E0200", "`heads` must be positive", "here")
+    return b.const(alibi_slopes(heads))
+
+
+@layer("moe_gates", 2, Arg("logits", T), Arg("k", "int"), owns=False,
+       doc="softmax over experts, keep the top k, renormalise: [..., E] -> [..., E]")
+def moe_gates(b, logits, k):
+    return b.op("moe_gates", logits, k=k)
+
+
+@layer("routed", 2, Arg("weights", "list"), Arg("top_k", "int"), owns=False,
+       doc="mark expert weights [E, ...] as routed, top_k of E per token (for active counts)")
+def routed(b, weights, top_k):
+    experts = weights[0].type.shape[0]
+    b.graph.meta.setdefault("moe", []).append(
+        {"params": [w.name for w in weights], "experts": experts, "top_k": top_k})
+    return weights
+
+
+__all__ = ["ModuleRef", "rope_dims"]
