@@ -48,22 +48,31 @@ class Runner:
 
 
 class Session:
+    """Drives every state of a graph across calls: the KV cache (`past_key_values.N.*` ->
+    `present.N.*`) and the spec's own `state NAME` (-> `next.NAME`). A state starts empty: its
+    symbolic dims other than `batch` are 0, its static dims as declared (zeros)."""
+
     ids_name, mask_name = "input_ids", "attention_mask"
 
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], backend: str = "numpy"):
-        self.cache_inputs = [n for n in graph.inputs if n.startswith("past_key_values.")]
-        if not self.cache_inputs:
-            raise ValueError("the graph has no KV cache: lower it with cache=True")
+        self.states: dict[str, str] = dict(graph.meta.get("states", {}))
+        if not self.states:
+            raise ValueError("the graph carries no state: lower it with cache=True, or declare "
+                             "a `state` in the spec")
         self.graph, self.run = graph, Runner(graph, weights, backend)
+        self.output = next(k for k in graph.outputs if k not in self.states.values())
         self.context: dict[str, np.ndarray] = {}  # inputs that stay fixed across steps
         self.past: dict[str, np.ndarray] = {}
         self.mask: np.ndarray | None = None
 
     def _empty(self, batch: int) -> dict[str, np.ndarray]:
         out = {}
-        for name in self.cache_inputs:
-            shape = self.graph.inputs[name].type.shape
-            out[name] = np.zeros((batch, shape[1], 0, shape[3]), np.float32)
+        for name in self.states:
+            t = self.graph.inputs[name].type
+            shape = tuple(d if isinstance(d, int) else batch if d == "batch" else 0
+                          for d in t.shape)
+            out[name] = np.zeros(shape, {"float32": np.float32, "int64": np.int64,
+                                         "bool": np.bool_}[t.dtype])
         return out
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None):
@@ -72,17 +81,17 @@ class Session:
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None):
         """Run the new tokens `input_ids` [B, T]; `attention_mask` [B, T] marks which of them
-        are real (default: all)."""
+        are real (default: all). Returns the graph's first output for them."""
         input_ids = np.asarray(input_ids, np.int64)
         new = np.ones(input_ids.shape, np.int64) if attention_mask is None else \
             np.asarray(attention_mask, np.int64)
         self.mask = new if self.mask is None else np.concatenate([self.mask, new], axis=1)
-        feeds = {self.ids_name: input_ids, self.mask_name: self.mask, **self.context,
-                 **self.past}
+        feeds = {self.ids_name: input_ids, **self.context, **self.past}
+        if self.mask_name in self.graph.inputs:
+            feeds[self.mask_name] = self.mask
         out = self.run(feeds)
-        self.past = {k.replace("present.", "past_key_values.", 1): v for k, v in out.items()
-                     if k.startswith("present.")}
-        return out["logits"]
+        self.past = {name: out[result] for name, result in self.states.items()}
+        return out[self.output]
 
 
 def incremental_logits(graph: Graph, weights, input_ids, attention_mask, prefill: int,

@@ -67,7 +67,7 @@ def _pairwise(b: LayerBuilder, op: str, a, c):
 
 def _binary(name: str, op: str, doc: str):
     layer(name, 2, Arg("x", "value"), Arg("y", "value"), owns=False, doc=doc)(
-        lambda b, a, c: _pairwise(b, op, a, c))
+        lambda b, x, y: _pairwise(b, op, x, y))
 
 
 _binary("maximum", "maximum", "elementwise max (numbers too)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from archc.ir.types import ShapeError, TensorType, broadcast
+from archc.ir.types import DTYPES, ShapeError, TensorType, broadcast
 from archc.ops.registry import register_op, same
 
 F32_MIN = float(np.finfo(np.float32).min)
@@ -163,3 +163,98 @@ register_op("logical_or", 2, infer=_and_infer, numpy=np.logical_or, commutative=
             onnx=lambda b, x, y: b.op("Or", x, y))
 register_op("logical_not", 1, infer=lambda t: _and_infer(t, t), numpy=np.logical_not,
             onnx=lambda b, x: b.op("Not", x))
+
+
+# ---------------------------------------------------------------- unary math, clip, comparisons
+def mismatch(a: str, ta: TensorType, b: str, tb: TensorType, why: str) -> ShapeError:
+    """The one wording of a two-operand shape error: "`x` is f32[B,T,8] but `w` is f32[4,3]"."""
+    return ShapeError(f"`{a}` is {ta} but `{b}` is {tb}: {why}")
+
+
+def _numeric(*dtypes: str):
+    """Shape rule of a unary op defined only on `dtypes` (log of an int64 is a spec bug)."""
+    def infer(x: TensorType, **_) -> TensorType:
+        if x.dtype not in dtypes:
+            raise ShapeError(f"`x` is {x}: needs {' or '.join(dtypes)}")
+        return x
+    return infer
+
+
+def _unop_typed(name: str, fn, onnx, *dtypes: str) -> None:
+    register_op(name, 1, infer=_numeric(*dtypes), numpy=lambda x: fn(x).astype(x.dtype),
+                onnx=onnx)
+
+
+_unop_typed("log", np.log, lambda b, x: b.op("Log", x), "float32")
+_unop_typed("rsqrt", lambda x: 1 / np.sqrt(x), lambda b, x: b.op("Reciprocal", b.op("Sqrt", x)),
+            "float32")
+_unop_typed("abs", np.abs, lambda b, x: b.op("Abs", x), "float32", "int64")
+_unop_typed("floor", np.floor, lambda b, x: b.op("Floor", x), "float32")
+
+
+def _softplus(x):  # [...] -> [...]: log(1 + e^x) = max(x, 0) + log1p(e^-|x|), never overflows
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+# onnxruntime's Softplus uses the same stable form (checked at +-1e4).
+_unop_typed("softplus", _softplus, lambda b, x: b.op("Softplus", x), "float32")
+
+
+def _elu(x, alpha: float = 1.0):  # [...] -> [...]: x > 0 ? x : alpha (e^x - 1)
+    # expm1 is exact near 0; taking it of min(x, 0) keeps the unused branch from overflowing
+    return np.where(x > 0, x, np.float32(alpha) * np.expm1(np.minimum(x, 0))).astype(x.dtype)
+
+
+register_op("elu", 1, {"alpha": False}, infer=_numeric("float32"), numpy=_elu,
+            onnx=lambda b, x, alpha=1.0: b.op("Elu", x, alpha=float(alpha)))
+
+
+def _clip_infer(x: TensorType, lo: float | None = None, hi: float | None = None) -> TensorType:
+    if lo is None and hi is None:
+        raise ShapeError(f"clip of `x` ({x}) needs `lo` or `hi`")
+    if lo is not None and hi is not None and lo > hi:
+        raise ShapeError(f"clip of `x` ({x}) has `lo` = {lo} above `hi` = {hi}")
+    return _numeric("float32", "int64")(x)
+
+
+def _clip(x, lo=None, hi=None):  # [...] -> [...]; bounds cast to x's dtype, as the ONNX consts
+    if lo is not None:
+        x = np.maximum(x, np.array(lo, x.dtype))
+    if hi is not None:
+        x = np.minimum(x, np.array(hi, x.dtype))
+    return x
+
+
+def _clip_onnx(b, x, lo=None, hi=None):
+    dt = DTYPES[b.type_of(x).dtype]
+    bounds = ("" if v is None else b.const(np.array(v, dt)) for v in (lo, hi))
+    return b.op("Clip", x, *bounds)  # "" is ONNX's absent optional input
+
+
+register_op("clip", 1, {"lo": False, "hi": False}, infer=_clip_infer, numpy=_clip,
+            onnx=_clip_onnx)
+
+
+def _ordered_infer(a: TensorType, b: TensorType) -> TensorType:
+    """Shape rule of `less`, `maximum` and friends: one ordered dtype, NumPy broadcasting."""
+    if a.dtype != b.dtype or a.dtype == "bool":
+        raise mismatch("a", a, "b", b, "needs two float32 or two int64 operands")
+    try:
+        return TensorType(a.dtype, broadcast(a.shape, b.shape))
+    except ShapeError:
+        raise mismatch("a", a, "b", b, "shapes do not broadcast") from None
+
+
+def _less_like(name: str, fn, onnx_op: str) -> None:
+    register_op(name, 2, infer=lambda a, b: _ordered_infer(a, b).with_dtype("bool"), numpy=fn,
+                onnx=lambda b, x, y: b.op(onnx_op, x, y))
+
+
+_less_like("less", np.less, "Less")
+_less_like("less_equal", np.less_equal, "LessOrEqual")
+_less_like("greater", np.greater, "Greater")
+_less_like("greater_equal", np.greater_equal, "GreaterOrEqual")
+register_op("maximum", 2, infer=_ordered_infer, numpy=np.maximum, commutative=True,
+            onnx=lambda b, x, y: b.op("Max", x, y))
+register_op("minimum", 2, infer=_ordered_infer, numpy=np.minimum, commutative=True,
+            onnx=lambda b, x, y: b.op("Min", x, y))

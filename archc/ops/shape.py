@@ -1,10 +1,10 @@
-"""Data movement: reshape, transpose, concat, slice, gather, and positions from a dynamic length."""
+"""Data movement: reshape, transpose, concat, slice, gather, pad, and shapes from run-time sizes."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from archc.ir.types import ShapeError, TensorType, dim_add, fmt_shape, numel
+from archc.ir.types import DTYPES, ShapeError, TensorType, dim_add, fmt_shape, numel
 from archc.ops.registry import expect_dtype, register_op
 
 
@@ -64,13 +64,23 @@ register_op("concat", (1, 64), {"axis": True}, infer=_concat_infer,
             onnx=lambda b, *xs, axis: b.op("Concat", *xs, axis=axis))
 
 
+_TO_END = 2**62  # an `end` at or past this means "to the end" (specs write INT64_MAX)
+
+
 def _slice_infer(x: TensorType, axis: int, start: int, end: int) -> TensorType:
     ax = axis % x.rank
     dim = x.shape[ax]
-    if not isinstance(dim, int):
-        raise ShapeError(f"slice needs a static dim, got {dim}")
-    length = len(range(dim)[start:end])
+    length = len(range(dim)[start:end]) if isinstance(dim, int) else _sliced(dim, start, end)
     return x.with_shape((*x.shape[:ax], length, *x.shape[ax + 1:]))
+
+
+def _sliced(dim: str, start: int, end: int) -> str:
+    """A symbolic dim after Python slicing: `seq[-4:]`, `seq[:4]`, `(past+seq)[1:-1]`."""
+    if start == 0 and end >= _TO_END:
+        return dim  # the whole axis
+    lo = "" if start == 0 else str(start)
+    hi = "" if end >= _TO_END else str(end)
+    return f"{dim if dim.isidentifier() else f'({dim})'}[{lo}:{hi}]"
 
 
 def _slice(x, axis, start, end):
@@ -88,14 +98,19 @@ register_op("slice", 1, {"axis": True, "start": True, "end": True}, infer=_slice
             numpy=_slice, onnx=_slice_onnx)
 
 
-def _gather_infer(table: TensorType, idx: TensorType) -> TensorType:
+def _gather_infer(table: TensorType, idx: TensorType, axis: int = 0) -> TensorType:
     expect_dtype(idx, "int64", what="indices")
-    return table.with_shape((*idx.shape, *table.shape[1:]))
+    if not -table.rank <= axis < table.rank:
+        raise ShapeError(f"`axis` = {axis} is out of range for `table` ({table})")
+    ax = axis % table.rank
+    return table.with_shape((*table.shape[:ax], *idx.shape, *table.shape[ax + 1:]))
 
 
-register_op("gather", 2, infer=_gather_infer,
-            numpy=lambda table, idx: np.take(table, idx, axis=0),
-            onnx=lambda b, table, idx: b.op("Gather", table, idx, axis=0))
+# `axis` is optional and absent in what lowering emits for embeddings (rows of a table), so
+# those nodes print as they always have: `gather(%1, %2)`.
+register_op("gather", 2, {"axis": False}, infer=_gather_infer,
+            numpy=lambda table, idx, axis=0: np.take(table, idx, axis=axis),
+            onnx=lambda b, table, idx, axis=0: b.op("Gather", table, idx, axis=axis))
 
 
 def _take_infer(x: TensorType, axis: int, index: int) -> TensorType:
@@ -125,22 +140,6 @@ def _positions_onnx(b, x, axis, offset=0):
 
 register_op("positions", 1, {"axis": True, "offset": False}, infer=_positions_infer,
             numpy=_positions, onnx=_positions_onnx)
-
-
-def _reduce_infer(x: TensorType, axis: int, keepdims: bool = False) -> TensorType:
-    ax = axis % x.rank
-    dims = (*x.shape[:ax], 1, *x.shape[ax + 1:]) if keepdims else (*x.shape[:ax], *x.shape[ax + 1:])
-    return x.with_shape(dims)
-
-
-register_op("reduce_sum", 1, {"axis": True, "keepdims": False}, infer=_reduce_infer,
-            numpy=lambda x, axis, keepdims=False: x.sum(axis=axis, keepdims=keepdims),
-            onnx=lambda b, x, axis, keepdims=False: b.op(
-                "ReduceSum", x, b.const(np.array([axis], np.int64)), keepdims=int(keepdims)))
-
-register_op("cumsum", 1, {"axis": True}, infer=lambda x, axis: x,
-            numpy=lambda x, axis: np.cumsum(x, axis=axis).astype(x.dtype),
-            onnx=lambda b, x, axis: b.op("CumSum", x, b.const(np.array(axis, np.int64))))
 
 
 def _dim_size_infer(x: TensorType, axis: int) -> TensorType:
@@ -184,3 +183,95 @@ register_op("last", 1, {"axis": True, "n": True}, infer=_last_infer,  # the last
                 "Slice", x, b.const(np.array([-n], np.int64)),
                 b.const(np.array([np.iinfo(np.int64).max], np.int64)),
                 b.const(np.array([axis], np.int64))))
+
+
+def _pad_infer(x: TensorType, axis: int, before: int, after: int, value: float = 0) -> TensorType:
+    if not -x.rank <= axis < x.rank:
+        raise ShapeError(f"`axis` = {axis} is out of range for `x` ({x})")
+    if before < 0 or after < 0:
+        raise ShapeError(f"pad of `x` ({x}) needs `before` and `after` >= 0, got {before}, {after}")
+    ax = axis % x.rank
+    return x.with_shape((*x.shape[:ax], dim_add(x.shape[ax], before + after), *x.shape[ax + 1:]))
+
+
+def _pad(x, axis, before, after, value=0):  # [.., N, ..] -> [.., before+N+after, ..]
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (before, after)
+    return np.pad(x, widths, constant_values=np.array(value, x.dtype))
+
+
+def _pad_onnx(b, x, axis, before, after, value=0):
+    t = b.type_of(x)
+    pads = np.zeros(2 * t.rank, np.int64)  # all begins, then all ends
+    pads[axis % t.rank], pads[t.rank + axis % t.rank] = before, after
+    fill = b.const(np.array(value, DTYPES[t.dtype]))
+    return b.op("Pad", x, b.const(pads), fill, mode="constant")
+
+
+register_op("pad", 1, {"axis": True, "before": True, "after": True, "value": False},
+            infer=_pad_infer, numpy=_pad, onnx=_pad_onnx)
+
+
+# ------------------------------------------------ shapes spelled by int64 scalars at run time
+# `full`, `arange` and `reshape_to` take their sizes as int64 scalars (from `dim_size`), so a
+# shape can follow the input; the `dims` attr is the same shape at the type level.
+def _check_sizes(op: str, sizes: tuple[TensorType, ...], dims: tuple) -> None:
+    if len(sizes) != len(dims):
+        raise ShapeError(f"`{op}` has {len(sizes)} size inputs but `dims` = "
+                         f"{fmt_shape(tuple(dims))} has {len(dims)} dims")
+    for i, s in enumerate(sizes):
+        if s.dtype != "int64" or s.rank != 0:
+            raise ShapeError(f"size {i} of `{op}` is {s}: needs an int64 scalar (i64[])")
+    bad = [d for d in dims if not isinstance(d, str) and not (
+        isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 0)]
+    if bad:
+        raise ShapeError(f"`dims` of `{op}` holds {bad[0]!r}: needs ints >= 0 or symbols")
+
+
+def _shape_of(b, sizes) -> str:  # N int64 scalars -> int64[N]
+    if not sizes:
+        return b.const(np.zeros(0, np.int64))
+    zero = b.const(np.array([0], np.int64))
+    parts = [b.op("Unsqueeze", s, zero) for s in sizes]
+    return parts[0] if len(parts) == 1 else b.op("Concat", *parts, axis=0)
+
+
+def _full_infer(*sizes: TensorType, dims: tuple, value: float, dtype: str) -> TensorType:
+    if dtype not in DTYPES:
+        raise ShapeError(f"`dtype` of `full` is {dtype!r}: needs one of {', '.join(DTYPES)}")
+    _check_sizes("full", sizes, dims)
+    return TensorType(dtype, tuple(dims))
+
+
+def _full(*sizes, dims, value, dtype):  # N scalars -> [s0, .., sN-1], every entry `value`
+    return np.full(tuple(int(s) for s in sizes), value, DTYPES[dtype])
+
+
+register_op("full", (0, 8), {"dims": True, "value": True, "dtype": True}, infer=_full_infer,
+            numpy=_full, onnx=lambda b, *sizes, dims, value, dtype: b.op(
+                "Expand", b.const(np.array(value, DTYPES[dtype])), _shape_of(b, sizes)))
+
+
+def _arange_infer(n: TensorType, dim: int | str) -> TensorType:
+    _check_sizes("arange", (n,), (dim,))
+    return TensorType("int64", (dim,))
+
+
+register_op("arange", 1, {"dim": True}, infer=_arange_infer,  # n -> [n]: 0, 1, ..., n-1
+            numpy=lambda n, dim: np.arange(int(n), dtype=np.int64),
+            onnx=lambda b, n, dim: b.op("Range", b.const(np.array(0, np.int64)), n,
+                                        b.const(np.array(1, np.int64))))
+
+
+def _reshape_to_infer(x: TensorType, *sizes: TensorType, dims: tuple) -> TensorType:
+    _check_sizes("reshape_to", sizes, dims)
+    if all(isinstance(d, int) for d in (*dims, *x.shape)) and numel(dims) != numel(x.shape):
+        raise ShapeError(f"cannot reshape `x` ({x}, {numel(x.shape)} elements) to "
+                         f"{fmt_shape(tuple(dims))} ({numel(dims)} elements)")
+    return x.with_shape(dims)
+
+
+# Sizes are taken literally: allowzero=1 makes a 0 mean an empty dim, not ONNX's "copy the dim".
+register_op("reshape_to", (1, 9), {"dims": True}, infer=_reshape_to_infer,
+            numpy=lambda x, *sizes, dims: x.reshape(tuple(int(s) for s in sizes)),
+            onnx=lambda b, x, *sizes, dims: b.op("Reshape", x, _shape_of(b, sizes), allowzero=1))
