@@ -60,21 +60,19 @@ def binop(ev, e: ast.BinOp):
     if e.op in ("==", "!=") and (a is None or b is None or not (
             isinstance(a, Node) or isinstance(b, Node))):
         return (a == b) == (e.op == "==")  # options, words, `none`: compile-time equality
+    bools = [v for v in (a, b) if isinstance(v, Node) and v.type.dtype == "bool"]
+    if e.op in TENSOR_OPS and bools and e.op not in ("and", "or", "==", "!="):
+        ev.err("E0104", f"cannot apply `{e.op}` to {describe(a)} and {describe(b)}", e.span,
+               "a bool tensor is not a number",
+               help="cast it first, e.g. `cast(m, float32)`")
+        return POISON
     if e.op in TENSOR_OPS and (isinstance(a, Node) or isinstance(b, Node)):
         like = a if isinstance(a, Node) else b
         x, y = as_tensor(ev, a, like), as_tensor(ev, b, like)
         if x is not None and y is not None:
             return ev.emit(e.span, TENSOR_OPS[e.op], x, y)
-    ev.err("E0104", f"cannot apply `{e.op}` to {describe(a)} and {describe(b)}", e.span, "here",
-           help=_hint(e.op, a, b))
+    ev.err("E0104", f"cannot apply `{e.op}` to {describe(a)} and {describe(b)}", e.span, "here")
     return POISON
-
-
-def _hint(op: str, a, b) -> str | None:
-    types = [v.type.dtype for v in (a, b) if isinstance(v, Node)]
-    if "bool" in types and op not in ("and", "or", "==", "!="):
-        return "a bool tensor is not a number: cast it first, e.g. `cast(m, float32)`"
-    return None
 
 
 def unop(ev, e: ast.UnaryOp):

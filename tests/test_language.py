@@ -1,0 +1,273 @@
+"""The language's own proofs: layers written from primitives match the library's and NumPy
+formulas on both backends, state streams, and the new syntax parses and fails clearly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+import archc
+from archc.diagnostics import ArchcError
+from archc.kvcache import Session
+from archc.lower import lower
+
+SPECS = ROOT / "specs"
+BACKENDS = ("numpy", "onnxruntime")
+rng = np.random.default_rng(0)
+
+
+def _run_both(graph, inputs, weights):
+    outs = [archc.run(graph, inputs, weights, backend=b) for b in BACKENDS]
+    for name in outs[0]:
+        np.testing.assert_allclose(outs[0][name], outs[1][name], atol=1e-5, rtol=1e-5)
+    return outs[0]
+
+
+def _ids(batch=2, seq=7, vocab=64):
+    return rng.integers(0, vocab, (batch, seq)).astype(np.int64)
+
+
+# ---------------------------------------------------------------- custom attention
+def test_custom_attention_matches_the_library_attention_full_and_incremental():
+    text = (SPECS / "custom_attention.arch").read_text()
+    builtin = text.replace("my_attention(rms_norm(x) as input_norm, heads, attention_mask)",
+                           "attention(rms_norm(x) as input_norm, heads, causal, "
+                           "mask = attention_mask, bias = false)")
+    assert builtin != text
+    custom_g = archc.compile(archc.parse(text, "custom.arch"))
+    builtin_g = archc.compile(archc.parse(builtin, "builtin.arch"))
+    assert set(custom_g.params) == set(builtin_g.params)
+    weights = archc.init_params(builtin_g, seed=1)
+    ids = _ids(2, 9, 256)
+    mask = np.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    ours, ref = _run_both(custom_g, inputs, weights), _run_both(builtin_g, inputs, weights)
+    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=1e-6, rtol=0)
+    cached = archc.optimize(lower(archc.parse(text, "custom.arch"), cache=True))
+    assert [k for k in cached.outputs][1:] == ["present.0.key", "present.0.value",
+                                              "present.1.key", "present.1.value"]
+    for backend in BACKENDS:
+        s = Session(cached, weights, backend)
+        steps = [s.prefill(ids[:, :4], mask[:, :4])]
+        steps += [s.step(ids[:, t:t + 1], mask[:, t:t + 1]) for t in range(4, 9)]
+        got = np.concatenate(steps, axis=1)
+        np.testing.assert_allclose(got[mask.astype(bool)], ref["logits"][mask.astype(bool)],
+                                   atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- blocks against formulas
+def _block_graph(call: str, dim: int = 32):
+    src = (f'import "{SPECS}/linear_attention.arch"\nimport "{SPECS}/scale_norm.arch"\n'
+           f"model t {{\n  input x: float32[batch, seq, {dim}]\n  output y = {call}\n}}\n")
+    return archc.compile(archc.parse(src, "t.arch"))
+
+
+def _elu1(x):
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0))) + 1
+
+
+def test_linear_attention_matches_its_formula():
+    g = _block_graph("linear_attention(x, 4) as attn")
+    w = archc.init_params(g, seed=2)
+    w = {k: v + (0.1 if k.endswith("bias") else 0) for k, v in w.items()}
+    x = rng.standard_normal((2, 6, 32)).astype(np.float32)
+    got = _run_both(g, {"x": x}, w)["y"]
+
+    def proj(n):  # [B, T, 32] -> [B, H, T, 8]
+        y = x @ w[f"attn.{n}.weight"] + w[f"attn.{n}.bias"]
+        return y.reshape(2, 6, 4, 8).transpose(0, 2, 1, 3)
+
+    q, k, v = _elu1(proj("q")), _elu1(proj("k")), proj("v")
+    out = np.zeros_like(q)
+    for i in range(6):  # out_i = phi(q_i) S_i / (phi(q_i) . z_i), sums over j <= i
+        s = np.einsum("bhjd,bhje->bhde", k[:, :, : i + 1], v[:, :, : i + 1])
+        z = k[:, :, : i + 1].sum(2)
+        out[:, :, i] = np.einsum("bhd,bhde->bhe", q[:, :, i], s) / \
+            np.einsum("bhd,bhd->bh", q[:, :, i], z)[..., None]
+    ref = out.transpose(0, 2, 1, 3).reshape(2, 6, 32) @ w["attn.o.weight"] + w["attn.o.bias"]
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_scale_norm_matches_its_formula():
+    g = _block_graph("scale_norm(x) as norm")
+    w = {"norm.g": np.array([1.7], np.float32)}
+    x = rng.standard_normal((2, 5, 32)).astype(np.float32)
+    x[0, 0] = 0  # the eps floor
+    got = _run_both(g, {"x": x}, w)["y"]
+    ref = x * 1.7 / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-5)
+    np.testing.assert_allclose(got, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_act_hard_halting_mask_matches_a_numpy_loop():
+    src = """
+    model act {
+      input x: float32[batch, seq, 8]
+      repeat 3 shared as step {
+        halt = sigmoid(linear(x, 1) as halting)
+        cont = cast(halt < 0.5, float32)
+        x = cont * tanh(linear(x, 8) as f) + (1 - cont) * x
+      }
+      output y = x
+    }"""
+    g = archc.compile(archc.parse(src))
+    w = archc.init_params(g, seed=3)
+    x = rng.standard_normal((3, 5, 8)).astype(np.float32)
+    got = _run_both(g, {"x": x}, w)["y"]
+    ref = x.copy()
+    halted_any = False
+    for _ in range(3):
+        halt = 1 / (1 + np.exp(-(ref @ w["step.halting.weight"] + w["step.halting.bias"])))
+        cont = (halt < 0.5).astype(np.float32)
+        halted_any |= bool((cont == 0).any())
+        ref = cont * np.tanh(ref @ w["step.f.weight"] + w["step.f.bias"]) + (1 - cont) * ref
+    assert halted_any  # the mask does something on this input
+    np.testing.assert_allclose(got, ref, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- state: a TXL memory
+def _gelu(x):
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+
+
+def _txl_reference(w, ids, seg, mem):
+    """Every token at once: a query in segment s sees the tokens of segment s-1 (the memory)
+    and its own segment's tokens up to itself."""
+    x = w["embed.weight"][ids]
+    b, t, d = x.shape
+    heads, hd = 4, d // 4
+
+    def split(y):
+        return y.reshape(b, t, heads, hd).transpose(0, 2, 1, 3)
+
+    q, k, v = (split(x @ w[f"{n}.weight"] + w[f"{n}.bias"]) for n in "qkv")
+    p, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    keep = (j <= p) & (j >= (p // seg) * seg - mem)
+    s = np.where(keep, q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd), -np.inf)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    h = (a @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
+    x = x + h @ w["o.weight"] + w["o.bias"]
+    mu = x.mean(-1, keepdims=True)
+    ln = (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * w["ln.weight"] + \
+        w["ln.bias"]
+    x = x + _gelu(ln @ w["mlp.fc.weight"] + w["mlp.fc.bias"]) @ w["mlp.proj.weight"] + \
+        w["mlp.proj.bias"]
+    return x @ w["lm_head.weight"]
+
+
+def test_txl_memory_streams_three_segments_like_one_sequence():
+    g = archc.compile(SPECS / "txl_memory.arch")
+    assert g.meta["states"] == {"memory": "next.memory"}
+    w = archc.init_params(g, seed=4)
+    ids = _ids(2, 24, 64)
+    ref = _txl_reference(w, ids, seg=8, mem=8)
+    for backend in BACKENDS:
+        s = Session(g, w, backend)
+        got = [s.prefill(ids[:, :8])] + [s.step(ids[:, i:i + 8]) for i in (8, 16)]
+        assert s.past["memory"].shape == (2, 8, 32)
+        np.testing.assert_allclose(np.concatenate(got, axis=1), ref, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- syntax
+def _value(expr: str, lets: str = ""):
+    g = archc.compile(archc.parse(
+        f"model m {{ {lets} input x: float32[2] output y = x * 0 + ({expr}) }}"), level=1)
+    return float(archc.run(g, {"x": np.zeros(2, np.float32)})["y"][0])
+
+
+def test_parenthesised_expressions():
+    assert _value("(1 - p) * 4", "let p = 0.25") == 3.0
+    assert _value("(a + b) * c", "let a = 1, b = 2, c = 3") == 9.0
+    assert _value("(2 * 5) ** 0.25") == pytest.approx(10 ** 0.25)
+    assert _value("((688))") == 688.0
+
+
+def test_comparisons_casts_slices_and_bool_ops():
+    src = """
+    model m {
+      input x: float32[batch, seq, 6]
+      big = x > 0.5
+      small = x <= -0.5
+      either = big or small
+      output count = sum(cast(either and not small, float32), axis = -1)
+      output tail = x[:, -2:]
+      output first = x[..., 0]
+      output mid = x[:, 1:3, 2:4]
+      output parts = concat(chunk(x, 3)[2], x[:, :, :2], axis = -1)
+    }"""
+    g = archc.compile(archc.parse(src))
+    x = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    out = _run_both(g, {"x": x}, {})
+    np.testing.assert_array_equal(out["count"], (x > 0.5).sum(-1))
+    np.testing.assert_array_equal(out["tail"], x[:, -2:])
+    np.testing.assert_array_equal(out["first"], x[..., 0])
+    np.testing.assert_array_equal(out["mid"], x[:, 1:3, 2:4])
+    np.testing.assert_array_equal(out["parts"], np.concatenate([x[..., 4:], x[..., :2]], -1))
+    assert str(g.outputs["tail"].type) == "f32[batch,seq[-2:],6]"
+
+
+def test_bool_is_not_a_number():
+    with pytest.raises(ArchcError, match="cast it first") as e:
+        archc.compile(archc.parse("model m { input x: float32[4] output y = (x > 0) * x }"))
+    assert "error[E0104]: cannot apply `*` to a tensor b8[4] and a tensor f32[4]" in str(e.value)
+
+
+def test_imports_share_blocks_and_report_cycles_and_clashes(tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "norms.arch").write_text(
+        "block twice(x) { return x * 2 }\n")
+    (tmp_path / "main.arch").write_text(
+        'import "lib/norms.arch"\nmodel m { input x: float32[3] output y = twice(x) }\n')
+    g = archc.compile(tmp_path / "main.arch")
+    assert archc.run(g, {"x": np.ones(3, np.float32)})["y"].tolist() == [2, 2, 2]
+
+    (tmp_path / "a.arch").write_text('import "b.arch"\nblock f(x) { return x }\n')
+    (tmp_path / "b.arch").write_text('import "a.arch"\nblock f(x) { return x }\n')
+    (tmp_path / "c.arch").write_text('import "a.arch"\nmodel m { input x: float32[3] '
+                                     "output y = f(x) }\n")
+    with pytest.raises(ArchcError) as e:
+        archc.compile(tmp_path / "c.arch")
+    text = str(e.value)
+    assert "error[E0112]: import cycle" in text and "b.arch:1:1" in text
+    assert "error[E0105]: block `f` is defined twice" in text
+    assert "first defined at" in text and "b.arch:2:1" in text
+
+    (tmp_path / "d.arch").write_text('import "nope.arch"\nmodel m { input x: float32[3] '
+                                     "output y = x }\n")
+    with pytest.raises(ArchcError, match="cannot import `nope.arch`: no such file"):
+        archc.compile(tmp_path / "d.arch")
+
+
+def test_library_errors_point_at_the_users_call_then_the_library_line():
+    src = ("model m {\n  input x: float32[batch, seq, 10]\n"
+           "  output y = attention(x, 3)\n}\n")
+    with pytest.raises(ArchcError) as e:
+        archc.compile(archc.parse(src, "user.arch"))
+    text = str(e.value)
+    assert "--> user.arch:3:27" in text  # the `heads` argument, underlined
+    assert "`heads` = 3 does not divide the model dim 10" in text
+    src = ("model m {\n  input x: float32[batch, seq, 8]\n  input m: float32[batch, seq]\n"
+           "  output y = attention(x, 2, mask = m)\n}\n")
+    with pytest.raises(ArchcError) as e:
+        archc.compile(archc.parse(src, "user.arch"))
+    text = str(e.value)
+    assert "`mask` must be int64[batch, seq], got f32[batch,seq]" in text
+    assert "--> user.arch:4:14" in text  # the user's call first
+    assert "= note: in library block `attention` at <stdlib>/attention.arch:" in text
+
+
+def test_budgets_stop_runaway_specs():
+    with pytest.raises(ArchcError, match="too large for a compile-time number"):
+        archc.compile(archc.parse("model m { let z = 10 ** 10 ** 10 input x: float32[1] "
+                                  "output y = x }"))
+    fan = "block f(x) { return f(x) + f(x) }\nmodel m { input x: float32[1] output y = f(x) }"
+    with pytest.raises(ArchcError, match="nest deeper"):
+        archc.compile(archc.parse(fan))
+    nested = ("model m { input x: float32[1] repeat 4096 as a { repeat 4096 as b { "
+              "x = x + 1 } } output y = x }")
+    with pytest.raises(ArchcError, match="more than 100,000 blocks and repeat steps"):
+        archc.compile(archc.parse(nested))
