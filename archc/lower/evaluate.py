@@ -50,6 +50,7 @@ class Evaluator(Calls):
         self.frames: list[Frame] = []
         self.expansions = 0
         self.naming: str | None = None  # the target of `w = param(...)`
+        self.nexts: set[str] = set()  # states given a `next` (even a failed one)
         for blk in blocks:
             self.env.vars[blk.name] = BlockValue(blk, self.env, blk.span.file in library)
         diags.locate = self._locate
@@ -82,7 +83,8 @@ class Evaluator(Calls):
             self.block(m.body)
         states = self.graph.meta["states"]
         for name, out in states.items():
-            if out not in self.graph.outputs and not self.diags.diagnostics:
+            if out not in self.graph.outputs and name not in self.nexts and \
+                    not name.startswith("past_key_values."):
                 node = self.graph.inputs[name]
                 self.err("E0110", f"state `{name}` has no `next` value", node.span,
                          "declared here", help=f"add `next {name} = ...`")
@@ -173,6 +175,7 @@ class Evaluator(Calls):
             self.graph.meta["states"][s.name] = f"next.{s.name}"
 
     def stmt_next(self, s: ast.Next):
+        self.nexts.add(s.name)
         value = self.eval(s.value)
         state = self.graph.inputs.get(s.name)
         if value is POISON:

@@ -153,6 +153,6 @@ def _int(ev, expr, default: int):
     v = ev.eval(expr)
     if v is POISON or (isinstance(v, int) and not isinstance(v, bool)):
         return v
-    ev.err("E0104", "slice bounds must be compile-time integers", expr.span,
+    ev.err("E0104", "an index or slice bound must be a compile-time integer", expr.span,
            f"this is {describe(v)}")
     return POISON
