@@ -22,6 +22,8 @@ import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+MAX_SHOWN = 120  # characters of a source line shown in a diagnostic
+
 
 @dataclass(frozen=True)
 class Span:
@@ -64,13 +66,18 @@ def render(diag: Diagnostic, source: str | None = None) -> str:
     if diag.span is not None and source is not None:
         line, col = diag.span.line_col(source)
         text = source.splitlines()[line - 1] if source.splitlines() else ""
+        shown = col  # the caret's column in the shown text
+        if len(text) > MAX_SHOWN:  # a window around the span of a very long line
+            cut = max(0, col - 1 - MAX_SHOWN // 2)
+            text = ("…" if cut else "") + text[cut:cut + MAX_SHOWN] + "…"
+            shown = col - cut + (1 if cut else 0)
         gutter = " " * len(str(line))
-        width = max(1, min(diag.span.end, diag.span.start + len(text) - col + 1) - diag.span.start)
+        width = max(1, min(diag.span.end - diag.span.start, len(text) - shown + 1))
         out += [
             f"{gutter}--> {diag.span.file}:{line}:{col}",
             f"{gutter} |",
             f"{line} | {text}",
-            f"{gutter} | {' ' * (col - 1)}{'^' * width} {diag.label}".rstrip(),
+            f"{gutter} | {' ' * (shown - 1)}{'^' * width} {diag.label}".rstrip(),
         ]
         if diag.notes or diag.help:
             out.append(f"{gutter} |")

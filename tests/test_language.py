@@ -271,3 +271,21 @@ def test_budgets_stop_runaway_specs():
               "x = x + 1 } } output y = x }")
     with pytest.raises(ArchcError, match="more than 100,000 blocks and repeat steps"):
         archc.compile(archc.parse(nested))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model m { let a = " + "(" * 1000 + "1" + ")" * 1000 + " }", "brackets nest deeper"),
+    ("model m { input x: float32[4] output y = x" + " + x" * 20000 + " }", "nests too deeply"),
+    ("model m { let a = " + "-" * 5000 + "1 }", "nests too deeply"),
+    ("model m {\x00 }", "unexpected character U+0000 (invisible)"),
+    ("model m {\n  input x: float32[4]\n  output y = x\n", "unclosed `{`"),
+], ids=["brackets", "long-chain", "unary-chain", "nul", "unclosed"])
+def test_hostile_spec_text_gets_a_located_error(text, message):
+    with pytest.raises(ArchcError, match="error\\[E000") as e:
+        archc.compile(archc.parse(text, "bad.arch"))
+    assert message in str(e.value) and "--> bad.arch:" in str(e.value)
+
+
+def test_a_byte_order_mark_is_ignored():
+    g = archc.compile(archc.parse("\ufeffmodel m { input x: float32[4] output y = x }"))
+    assert list(g.outputs) == ["y"]

@@ -33,13 +33,31 @@ def parser() -> Lark:
                      maybe_placeholders=True)
 
 
+MAX_NESTING = 100  # brackets deep; deeper input is refused before lark or the AST recurse
+
+
 def parse(text: str, path: str = "<spec>") -> ast.Module:
+    text = text.replace("\ufeff", " ", 1) if text.startswith("\ufeff") else text  # a BOM
+    opened = _brackets(text)
+    if isinstance(opened, Diagnostic):
+        raise ArchcError([Diagnostic(opened.code, opened.message, Span(path, opened.span.start,
+                         opened.span.end), opened.label, help=opened.help)], {path: text})
     try:
         tree = parser().parse(text)
     except UnexpectedInput as e:
-        raise ArchcError([_syntax_diagnostic(e, text, path)], {path: text}) from None
+        diag = _syntax_diagnostic(e, text, path)
+        if diag.code == "E0002" and opened:  # point at the bracket left open, not at the end
+            at = opened[-1]
+            diag = Diagnostic("E0002", f"unclosed `{text[at]}`", Span(path, at, at + 1),
+                              f"this `{text[at]}` is never closed",
+                              help=f"the file ends before its `{_CLOSE[text[at]]}`")
+        raise ArchcError([diag], {path: text}) from None
     try:
         items = _ToAst(path).transform(tree).children
+    except RecursionError:  # a chain such as `- - - ... 1` or `a + a + ... + a`
+        raise ArchcError([Diagnostic("E0003", "the spec nests too deeply to read",
+                                     Span(path, 0, 0), help="split long expressions with "
+                                     "intermediate names")], {path: text}) from None
     except VisitError as e:
         if isinstance(e.orig_exc, ArchcError):
             raise ArchcError(e.orig_exc.diagnostics, {path: text}) from None
@@ -48,6 +66,34 @@ def parse(text: str, path: str = "<spec>") -> ast.Module:
     models = tuple(i for i in items if isinstance(i, ast.Model))
     imports = tuple(i for i in items if isinstance(i, ast.Import))
     return ast.Module(path, text, blocks, models, imports)
+
+
+_CLOSE = {"(": ")", "[": "]", "{": "}"}
+
+
+def _brackets(text: str) -> list[int] | Diagnostic:
+    """Offsets of the brackets still open at the end (comments and strings skipped), or a
+    diagnostic when they nest deeper than MAX_NESTING."""
+    stack: list[int] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            i = text.find("\n", i)
+            i = n if i < 0 else i
+        elif c == '"':
+            j = text.find('"', i + 1)
+            i = n if j < 0 else j
+        elif c in _CLOSE:
+            stack.append(i)
+            if len(stack) > MAX_NESTING:
+                return Diagnostic("E0003", f"brackets nest deeper than {MAX_NESTING}",
+                                  Span("", i, i + 1), "too deep",
+                                  help="split the expression with intermediate names")
+        elif c in ")]}" and stack and text[stack[-1]] + c in ("()", "[]", "{}"):
+            stack.pop()
+        i += 1
+    return stack
 
 
 def _human(expected: set[str]) -> str:
@@ -72,7 +118,9 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, path: str) -> Diagnostic:
         return Diagnostic("E0001", f"unexpected {found}", Span(path, start, end),
                           f"expected {expected}")
     if isinstance(e, UnexpectedCharacters):
-        return Diagnostic("E0001", f"unexpected character `{text[start]}`",
+        c = text[start]
+        shown = f"`{c}`" if c.isprintable() else f"U+{ord(c):04X} (invisible)"
+        return Diagnostic("E0001", f"unexpected character {shown}",
                           Span(path, start, start + 1), "not part of the .arch language")
     if isinstance(e, UnexpectedEOF | UnexpectedToken):
         start = len(text.rstrip())

@@ -64,7 +64,11 @@ def lower(module: ast.Module, model: str | None = None, cache: bool = False) -> 
     own = {b.name for b in module.blocks}
     blocks = [b for b in blocks if b.name not in own] + imported_blocks(module, diags)
     ev = Evaluator(blocks, diags, cache, frozenset(lib.path for lib in library))
-    graph = ev.model(models[model])
+    try:
+        graph = ev.model(models[model])
+    except RecursionError:
+        diags.error("E0003", "the spec nests too deeply to lower", models[model].span,
+                    "in this model", help="split long expressions with intermediate names")
     diags.raise_if_any()
     graph.param_uses = dict(ev.uses)
     return graph
