@@ -47,8 +47,8 @@ class SymDim:
     that size at run time (so `zeros(batch, seq)` or `x / seq` can read it)."""
 
     name: str
-    ref: Node
-    axis: int
+    ref: Node = field(compare=False)  # equal dims are equal by name, whichever tensor has them
+    axis: int = field(compare=False)
 
 
 @dataclass(frozen=True)
