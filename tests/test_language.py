@@ -289,3 +289,27 @@ def test_hostile_spec_text_gets_a_located_error(text, message):
 def test_a_byte_order_mark_is_ignored():
     g = archc.compile(archc.parse("\ufeffmodel m { input x: float32[4] output y = x }"))
     assert list(g.outputs) == ["y"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model m { input x: float32[2] return x }", "`return` outside a block"),
+    ("model m { input x: float32[batch, 3] output y = x[:, 5] }", "index 5 is out of range"),
+    ("model m { input x: float32[batch, 3] output y = x[:, 3:] }", "slice `3:` of a dim of 3"),
+    ("block mk(x) { return x * param(dim(x, -1)) }\nmodel m { input x: float32[batch, 3] "
+     "w = param(dim(mk(x), -1)) output y = x * w }", "a parameter needs a name"),
+    ("model m { input x: float32[4] repeat 2 shared as s { w = param(4) x = x * w "
+     "w = param(4) x = x * w } output y = x }", "parameter `s.w` is defined twice"),
+    ("model m { let a = log(0) input x: float32[4] output y = x }", "gives -inf"),
+    ("model m { let b = 1e308 * 10 input x: float32[4] output y = x }", "cannot use (inf)"),
+], ids=["return", "index", "empty-slice", "param-name-leak", "shared-twice", "log0", "inf"])
+def test_compile_time_mistakes_are_errors(text, message):
+    with pytest.raises(ArchcError) as e:
+        archc.compile(archc.parse(text))
+    assert message in str(e.value)
+
+
+def test_a_repeat_name_is_bound_only_inside_its_loop():
+    src = ("model m { let layers = 3 input x: float32[batch, 3] repeat layers as layers { "
+           "x = x + 1 } repeat layers as again { x = x * 2 } output y = x }")
+    g = archc.compile(archc.parse(src), level=0)
+    assert sum(n.op == "mul" for n in g.nodes()) == 3

@@ -57,15 +57,18 @@ class LayerBuilder:
     def param(self, local: str, shape: tuple[int, ...], init: str, role: str = "other") -> Node:
         name = f"{self.scope}.{local}" if self.scope else local
         existing = self.graph.params.get(name)
+        step = self.ev.step_params if self.ev is not None else set()
         if existing is not None:
-            if not any(name.startswith(p + ".") for p in self.shared):
+            if not any(name.startswith(p + ".") for p in self.shared) or name in step:
                 self.fail("E0105", f"parameter `{name}` is defined twice", "second definition",
                           help="give one of the layers another name with `as`")
             if existing.type.shape != tuple(shape):
                 self.fail("E0201", f"shared parameter `{name}` is {fmt_shape(existing.type.shape)}"
                           f" in one layer and {fmt_shape(tuple(shape))} in another", "here")
             self.uses[name] += 1
+            step.add(name)
             return existing
+        step.add(name)
         self.uses[name] += 1
         attrs = {"init": init} if role == "other" else {"init": init, "role": role}
         return self.graph.add_param(name, TensorType("float32", tuple(shape)), **attrs)

@@ -129,10 +129,11 @@ class Calls:
                      "not a layer, function or block", help=did_you_mean(e.func, known))
             return POISON
         spans: dict = {}
+        naming, self.naming = self.naming, None  # `w = param(...)` names this call only
         if name in NUMERIC and len(e.args) == 1 and not e.kwargs:  # sqrt(d) or sqrt(x)
             v = self.eval(e.args[0])
             if v is POISON or (operators.is_num(v) and not isinstance(v, bool)):
-                return v if v is POISON else float(NUMERIC[name](v))
+                return v if v is POISON else operators.finite(self, NUMERIC[name], v, e.span)
             args = {"x": v} if isinstance(v, Node) else None
             if args is None:
                 self.err("E0104", f"`{name}` needs a number or a tensor", e.args[0].span,
@@ -146,13 +147,13 @@ class Calls:
             return POISON
         b = LayerBuilder(self.graph, self.diags, prefix, e.span, self.shared, self.uses, spans,
                          ev=self)
-        outer, self.naming = self.naming, e.alias if e.alias and not layer.owns else self.naming
+        self.naming = e.alias if e.alias and not layer.owns else naming
         try:
             return layer.lower(b, **args)
         except LayerFailed:
             return POISON
         finally:
-            self.naming = outer
+            self.naming = None
 
     def _name_layer(self, e: ast.Call, default: str) -> str | None:
         if e.alias == "_":

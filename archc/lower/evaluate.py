@@ -34,6 +34,9 @@ MAX_REPEAT = 4096
 MAX_EXPANSIONS = 100_000  # block calls and repeat steps per model, all nesting counted
 
 
+_UNSET = object()
+
+
 class Evaluator(Calls):
     def __init__(self, blocks, diags: Collector, cache: bool = False,
                  library: frozenset[str] = frozenset()):
@@ -51,6 +54,7 @@ class Evaluator(Calls):
         self.expansions = 0
         self.naming: str | None = None  # the target of `w = param(...)`
         self.nexts: set[str] = set()  # states given a `next` (even a failed one)
+        self.step_params: set[str] = set()  # made in this step of a shared repeat
         for blk in blocks:
             self.env.vars[blk.name] = BlockValue(blk, self.env, blk.span.file in library)
         diags.locate = self._locate
@@ -208,6 +212,10 @@ class Evaluator(Calls):
             self.graph.set_output(s.name, value)
 
     def stmt_return(self, s: ast.Return):
+        if not self.frames:
+            self.err("E0104", "`return` outside a block", s.span, "in the model body",
+                     help="a model ends with `output` statements")
+            return
         raise _Return(self.eval(s.value))
 
     def stmt_if(self, s: ast.If):
@@ -228,17 +236,23 @@ class Evaluator(Calls):
             self.err("E0104", f"`repeat` needs an integer count in 1..{MAX_REPEAT}", s.count.span,
                      f"this is {describe(n)}")
             return
-        outer, outer_shared = self.scope, self.shared
+        outer, outer_shared, outer_step = self.scope, self.shared, self.step_params
         base = outer.child(s.var)
         if s.shared:
             self.shared = (*self.shared, base)
+        hidden = self.env.vars.get(s.var, _UNSET)  # the loop name is bound only in the loop
         for i in range(n):
             if not self._spend(s.count.span):
                 break
             self.scope = Scope(base if s.shared else f"{base}.{i}")
+            self.step_params = set() if s.shared else self.step_params
             self.env.vars[s.var] = i
             self.block(s.body)
-        self.scope, self.shared = outer, outer_shared
+        self.scope, self.shared, self.step_params = outer, outer_shared, outer_step
+        if hidden is _UNSET:
+            self.env.vars.pop(s.var, None)
+        else:
+            self.env.vars[s.var] = hidden
 
     def _spend(self, span: Span) -> bool:
         self.expansions += 1

@@ -8,6 +8,7 @@ A symbolic dim (`seq`) meeting a tensor is read at run time (`x / seq`).
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -43,8 +44,19 @@ def numeric(ev, op: str, a, b, span):
     except (ZeroDivisionError, OverflowError) as err:
         ev.err("E0104", f"cannot compute `{op}`: {err}", span, "here")
         return POISON
-    if isinstance(out, complex) or (isinstance(out, int) and out.bit_length() > MAX_INT_BITS):
-        ev.err("E0111", f"`{op}` gives a number archc cannot use", span, "here")
+    if isinstance(out, complex) or (isinstance(out, int) and out.bit_length() > MAX_INT_BITS) \
+            or (isinstance(out, float) and not math.isfinite(out)):
+        ev.err("E0111", f"`{op}` gives a number archc cannot use ({out})", span, "here")
+        return POISON
+    return out
+
+
+def finite(ev, fn, v, span):
+    """fn(v) for a compile-time function such as sqrt(d); inf or nan is an error."""
+    with np.errstate(all="ignore"):
+        out = float(fn(v))
+    if not math.isfinite(out):
+        ev.err("E0111", f"this gives {out}, not a number archc can use", span, "here")
         return POISON
     return out
 
@@ -137,11 +149,22 @@ def subscript(ev, e: ast.Subscript):
                            for s in (it.start, it.stop))
             if start is POISON or stop is POISON:
                 return POISON
+            size = out.type.shape[axis]
+            if isinstance(size, int) and not range(size)[start:stop]:
+                shown = f"{start or ''}:{'' if stop >= 2**62 else stop}"
+                ev.err("E0201", f"slice `{shown}` of a dim of {size} is empty", it.span,
+                       f"axis {axis} of {out.type}")
+                return POISON
             out = ev.emit(it.span, "slice", out, axis=axis, start=start, end=stop)
             axis += 1
         else:
             index = _int(ev, it, 0)
             if index is POISON:
+                return POISON
+            size = out.type.shape[axis]
+            if isinstance(size, int) and not -size <= index < size:
+                ev.err("E0201", f"index {index} is out of range for a dim of {size}", it.span,
+                       f"axis {axis} of {out.type}")
                 return POISON
             out = ev.emit(it.span, "take", out, axis=axis, index=index)
     return out

@@ -113,20 +113,8 @@ _reduce("mean", "reduce_mean", "mean over `axis`")
 _reduce("argmax", "argmax", "index of the largest entry over `axis` (int64)")
 
 
-def _minmax(name: str, op: str, pairwise: str):
-    @layer(name, 1, Arg("x", "value"), Arg("y", "value", None), Arg("axis", "int", -1),
-           Arg("keepdims", "bool", False), owns=False,
-           doc=f"{name} over `axis`; of two numbers, the {name}")
-    def lower(b, x, y, axis, keepdims):
-        if y is not None:
-            return _pairwise(b, pairwise, x, y)
-        if not isinstance(x, Node):
-            b.fail("E0104", f"`{name}` needs a tensor", f"this is {describe(x)}", span=b.at("x"))
-        return b.op(op, x, axis=_axis(b, x, axis), keepdims=keepdims)
-
-
-_minmax("max", "reduce_max", "maximum")
-_minmax("min", "reduce_min", "minimum")
+_reduce("max", "reduce_max", "maximum over `axis` (for two values: `maximum(a, b)`)")
+_reduce("min", "reduce_min", "minimum over `axis` (for two values: `minimum(a, b)`)")
 
 
 def _axis(b: LayerBuilder, x: Node, axis: int) -> int:
