@@ -31,7 +31,9 @@ def run_graph(graph: Graph, inputs: dict[str, np.ndarray],
     for n in order:
         env[n.id] = _evaluate(n, env, inputs, params)
         if trace:
-            print(f"{fmt_node(n)}  -> {env[n.id].shape}", file=sys.stderr)
+            shape = [a.shape for a in env[n.id]] if isinstance(env[n.id], tuple) else \
+                env[n.id].shape
+            print(f"{fmt_node(n)}  -> {shape}", file=sys.stderr)
         for i in {i.id for i in n.inputs}:
             if last_use[i] == n.id and i not in keep:
                 del env[i]
@@ -46,6 +48,7 @@ def _evaluate(n: Node, env, inputs, params) -> np.ndarray:
     if n.kind == "const":
         return n.value
     try:
-        return np.asarray(OPS[n.op].numpy(*(env[i.id] for i in n.inputs), **n.attrs))
+        out = OPS[n.op].numpy(*(env[i.id] for i in n.inputs), **n.attrs)
+        return out if isinstance(out, tuple) else np.asarray(out)  # a tuple: see ops/fused.py
     except Exception as e:
         raise InterpreterError(f"while executing {fmt_node(n)}: {type(e).__name__}: {e}") from e

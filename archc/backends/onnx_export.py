@@ -3,6 +3,10 @@
 Symbolic dims (`batch`, `seq`) become ONNX dim_params, so batch and sequence stay dynamic. Params
 become initializers when weights are given, and graph inputs when not (a structure-only export).
 Every export is checked with `onnx.checker.check_model(full_check=True)`.
+
+The opset is 18 unless an op's lowering asks for more (`b.require_opset(23)`: ONNX `Attention`,
+`RMSNormalization`); a `com.microsoft` node adds that domain's import. So O0/O1 exports do not
+change when fused ops are added.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from archc.ops import OPS
 
 OPSET = 18
 IR_VERSION = 9  # the newest IR that onnxruntime >= 1.17 loads
+IR_FOR_OPSET = {23: 11}  # the IR version onnx pairs with a raised opset (onnx VERSION_TABLE)
 _ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "bool": TensorProto.BOOL}
 
 
@@ -31,6 +36,20 @@ class OnnxBuilder:
         self.types: dict[str, TensorType] = {}
         self._consts: dict[tuple, str] = {}
         self._count = 0
+        self.opset = OPSET
+        self.outputs_of: dict[str, tuple[str, ...]] = {}  # a multi-output op's results
+        self._memo: dict[tuple, object] = {}
+
+    def memo(self, key: tuple, emit):
+        """`emit()` once per key; later calls return the first result. For values several
+        lowerings derive from one input (each attention layer's view of the shared mask)."""
+        if key not in self._memo:
+            self._memo[key] = emit()
+        return self._memo[key]
+
+    def require_opset(self, version: int) -> None:
+        """The lowering emits an op that exists from `version` on; the model imports that."""
+        self.opset = max(self.opset, version)
 
     def fresh(self, hint: str = "t") -> str:
         self._count += 1
@@ -42,8 +61,11 @@ class OnnxBuilder:
                                            name=f"{op_type}_{len(self.nodes)}", **attrs))
         return out
 
-    def op_multi(self, op_type: str, *inputs: str, n: int, **attrs) -> list[str]:
-        outs = [self.fresh(op_type.lower()) for _ in range(n)]
+    def op_multi(self, op_type: str, *inputs: str, n: int, keep: tuple[int, ...] | None = None,
+                 **attrs) -> list[str]:
+        """An op with `n` outputs; those not in `keep` (default: all) are left unnamed ("")."""
+        outs = [self.fresh(op_type.lower()) if keep is None or i in keep else ""
+                for i in range(n)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs,
                                            name=f"{op_type}_{len(self.nodes)}", **attrs))
         return outs
@@ -110,8 +132,10 @@ def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None,
         outputs.append(_value_info(name, node.type))
     inits = [b.initializers[k] for k in sorted(b.initializers)]
     onnx_graph = helper.make_graph(b.nodes, graph.name, graph_inputs, outputs, inits)
-    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="archc", ir_version=IR_VERSION)
+    imports = [helper.make_opsetid("", b.opset)]
+    imports += [helper.make_opsetid(d, 1) for d in sorted({n.domain for n in b.nodes} - {""})]
+    model = helper.make_model(onnx_graph, opset_imports=imports, producer_name="archc",
+                              ir_version=IR_FOR_OPSET.get(b.opset, IR_VERSION))
     if check:
         onnx.checker.check_model(model, full_check=True)
     return model

@@ -1,11 +1,24 @@
-"""Run an exported model with onnxruntime: CUDA when the installed build offers it, else CPU."""
+"""Run an exported model with onnxruntime: CUDA when the installed build offers it, else CPU.
+
+`run_cached(graph, inputs, weights)` exports and builds a session once per (graph, weights) and
+reuses it: a repeated call only runs. The key is the graph's structure (its node ids in order,
+so a pass that rewrites the graph in place makes a new key) and the identity of each weight
+array (the cache holds them, so an id is never reused while cached). Mutating a weight array in
+place is not seen: call `clear_session_cache()` after doing that.
+"""
 
 from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
 
 import numpy as np
 import onnx
 
-from archc.backends.onnx_export import model_bytes
+from archc.backends.onnx_export import export_onnx, model_bytes
+from archc.ir.graph import Graph
+
+SESSION_CACHE_SIZE = 4  # sessions hold their weights; keep only the last few
 
 
 def providers() -> list[str]:
@@ -15,19 +28,62 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def session(model: onnx.ModelProto | bytes, provider: str | None = None):
+def session(model: onnx.ModelProto | bytes, provider: str | None = None,
+            threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
     data = model if isinstance(model, bytes) else model_bytes(model)
     return ort.InferenceSession(data, opts, providers=[provider] if provider else providers())
 
 
-def run_onnx(model: onnx.ModelProto | bytes, inputs: dict[str, np.ndarray],
-             provider: str | None = None) -> dict[str, np.ndarray]:
-    sess = session(model, provider)
+def _run(sess, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     wanted = {i.name for i in sess.get_inputs()}
     feeds = {k: v for k, v in inputs.items() if k in wanted}
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds)))
+
+
+def run_onnx(model: onnx.ModelProto | bytes, inputs: dict[str, np.ndarray],
+             provider: str | None = None) -> dict[str, np.ndarray]:
+    return _run(session(model, provider), inputs)
+
+
+_SESSIONS: OrderedDict[tuple, tuple] = OrderedDict()  # key -> (graph ref, weights, session)
+
+
+def _key(graph: Graph, weights: dict[str, np.ndarray], provider, threads) -> tuple:
+    structure = hash((tuple(n.id for n in graph.nodes()),
+                      tuple((k, v.id) for k, v in graph.outputs.items())))
+    arrays = tuple((name, id(weights[name])) for name in sorted(graph.params))
+    return (id(graph), structure, arrays, provider, threads)
+
+
+def cached_session(graph: Graph, weights: dict[str, np.ndarray], provider: str | None = None,
+                   threads: int | None = None):
+    """The onnxruntime session of `graph` with `weights`, exported and built on first use."""
+    key = _key(graph, weights, provider, threads)
+    hit = _SESSIONS.get(key)
+    if hit is not None and hit[0]() is graph:
+        _SESSIONS.move_to_end(key)
+        return hit[2]
+    used = {name: weights[name] for name in graph.params}
+    sess = session(export_onnx(graph, used), provider, threads)
+    _SESSIONS[key] = (weakref.ref(graph), used, sess)
+    while len(_SESSIONS) > SESSION_CACHE_SIZE:
+        _SESSIONS.popitem(last=False)
+    return sess
+
+
+def run_cached(graph: Graph, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarray],
+               provider: str | None = None) -> dict[str, np.ndarray]:
+    """`graph` on onnxruntime, reusing the session of an earlier call with the same graph and
+    weight arrays (see the module docstring)."""
+    return _run(cached_session(graph, weights, provider), inputs)
+
+
+def clear_session_cache() -> None:
+    _SESSIONS.clear()

@@ -3,7 +3,8 @@
 The pipelines by optimisation level:
 - O0: infer_shapes only (the IR exactly as lowered);
 - O1: fold constants, then CSE, then DCE, repeated to a fixpoint;
-- O2: O1 and the fusion rule sets as they are added (none are registered yet, so O2 == O1).
+- O2: O1, then `fuse` (archc/passes/fusions/: attention, norms, skip norms, GELU), repeated
+  with O1 to a fixpoint, so CSE merges what the rules emit (one mask bias for every layer).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ class PassError(RuntimeError):
 from archc.passes.cse import eliminate_common_subexpressions  # noqa: E402
 from archc.passes.dce import eliminate_dead_code  # noqa: E402
 from archc.passes.fold_constants import fold_constants  # noqa: E402
+from archc.passes.fusions import fuse  # noqa: E402
 from archc.passes.infer_shapes import infer_shapes  # noqa: E402
 
 PIPELINES: dict[int, tuple[Pass, ...]] = {
     0: (infer_shapes,),
     1: (infer_shapes, fold_constants, eliminate_common_subexpressions, eliminate_dead_code),
-    2: (infer_shapes, fold_constants, eliminate_common_subexpressions, eliminate_dead_code),
+    2: (infer_shapes, fold_constants, eliminate_common_subexpressions, eliminate_dead_code,
+        fuse),
 }
 PASSES: dict[str, Pass] = {p.__name__: p for p in PIPELINES[2]}
 
