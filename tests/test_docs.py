@@ -14,7 +14,9 @@ from archc.lower import lower, stdlib
 from archc.lower.layers import LAYERS
 
 DOC = ROOT / "docs" / "language.md"
-TEXT = DOC.read_text(encoding="utf-8")
+# the reference, plus the catalogue pages it links (docs/catalogue/*.md)
+TEXT = "\n".join(p.read_text(encoding="utf-8") for p in
+                 [DOC, *sorted((ROOT / "docs" / "catalogue").glob("*.md"))])
 FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 MODEL = re.compile(r"^\s*model\s+\w+\s*\{", re.M)
 
@@ -37,6 +39,8 @@ def test_every_primitive_is_documented(name):
 
 @pytest.mark.parametrize("name", LIBRARY_BLOCKS)
 def test_every_library_block_is_documented(name):
+    # Library block names are global: one name, one block.
+    assert sum(b.name == name for m in stdlib() for b in m.blocks) == 1, f"`{name}` twice"
     assert _documented(name), f"docs/language.md has no code span `{name}(...)`"
 
 

@@ -13,7 +13,12 @@ import itertools
 import numpy as np
 
 from archc.ir.graph import Node
-from archc.lower import intrinsics  # noqa: F401  (registers param, cache, masks, ...)
+from archc.lower import (  # noqa: F401  (registers param, cache, masks, the catalogue's own)
+    cat_adaptive,
+    cat_memory,
+    cat_sparse,
+    intrinsics,
+)
 from archc.lower.builder import LayerBuilder
 from archc.lower.layers import layer
 from archc.lower.signature import Arg, SymDim, describe

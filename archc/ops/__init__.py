@@ -2,6 +2,9 @@
 
 from archc.ops import (  # noqa: F401  (registration)
     attention,
+    cat_adaptive,
+    cat_memory,
+    cat_sparse,
     conv,
     elementwise,
     fused,

@@ -1,0 +1,3 @@
+"""sparse primitives for the layer catalogue (being written)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""sparse ops for the layer catalogue (being written)."""
+
+from __future__ import annotations
