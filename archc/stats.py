@@ -26,12 +26,14 @@ def param_stats(graph: Graph) -> dict:
         total += n
         dup += n * max(1, graph.param_uses.get(name, 1))
         buckets[BUCKETS[p.attrs.get("role", "other")]] += n
-    # Per token, a mixture-of-experts layer runs top_k of its experts.
-    idle = sum(numel(graph.params[n].type.shape) * (m["experts"] - m["top_k"]) // m["experts"]
-               for m in graph.meta.get("moe", []) for n in m["params"])
+    # Per token, a mixture-of-experts layer runs top_k of its experts. A layer in a shared
+    # repeat records its experts once per step: count each parameter once.
+    idle = {n: numel(graph.params[n].type.shape) * (m["experts"] - m["top_k"]) // m["experts"]
+            for m in graph.meta.get("moe", []) for n in m["params"]}
     kv = graph.meta.get("kv_per_token", 0)
     return {"model": graph.name, "parameters": total, "with_duplicates": dup,
-            "active_per_token": total - idle, "tensors": len(graph.params), "breakdown": buckets,
+            "active_per_token": total - sum(idle.values()), "tensors": len(graph.params),
+            "breakdown": buckets,
             "kv_cache_bytes_per_token": {"float32": 4 * kv, "float16": 2 * kv}}
 
 

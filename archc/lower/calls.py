@@ -90,7 +90,9 @@ class Calls:
         (`act = silu`), or a word for an option whose default is a word (`init = he`)."""
         if isinstance(e, ast.Name) and e.id in self.modules and (
                 e.id not in self.env or isinstance(self.env.get(e.id), BlockValue)):
-            return ModuleRef(self.modules[e.id])  # `tied = embed`: the layer, not the block
+            # `tied = embed` names the layer; `f = embed` called later still finds the block
+            block = self.env.get(e.id) if e.id in self.env else None
+            return ModuleRef(self.modules[e.id], block)
         if isinstance(e, ast.Name) and e.id not in self.env:
             if e.id in LAYERS:
                 return FuncRef(e.id)
@@ -114,6 +116,8 @@ class Calls:
 
     def expr_call(self, e: ast.Call):
         fn = self.env.get(e.func) if e.func in self.env else None
+        if isinstance(fn, ModuleRef) and fn.block is not None:
+            fn = fn.block
         if isinstance(fn, BlockValue):
             return self.call_block(fn, e)
         if isinstance(fn, Word):

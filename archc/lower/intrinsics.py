@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from archc.ir.graph import Node
 from archc.ir.types import TensorType, numel
 from archc.lower.builder import Abort, LayerBuilder, LayerFailed
 from archc.lower.layers import layer, tied_weight
+from archc.lower.rope import attention_factor, inv_freq
 from archc.lower.signature import Arg, ModuleRef, Rope, SymDim, Word, describe
 
 T = "tensor"
@@ -199,8 +202,42 @@ def rotary(b, x, pos, rope: Rope):
     if rot % 2 or not 0 < rot <= hd:
         b.fail("E0200", f"rotary dim {rot} must be even and within head_dim {hd}",
                f"gives {rot} rotary dims", span=b.at("rope"))
-    angles = b.op("rope_angles", pos, dim=rot, theta=rope.theta)
-    return b.op("rope", x, angles, interleaved=rope.interleaved)
+    if rope.scaling == "default":
+        angles = b.op("rope_angles", pos, dim=rot, theta=rope.theta)
+    else:
+        angles = _scaled_angles(b, pos, rope, rot)
+    out = b.op("rope", x, angles, interleaved=rope.interleaved)
+    scale = attention_factor(rope)
+    if scale == 1.0:
+        return out
+    if rot == hd:  # cos and sin scaled: the rotated dims scale
+        return b.op("mul", out, b.const(scale))
+    parts = (b.op("slice", out, axis=3, start=0, end=rot), b.op("slice", out, axis=3, start=rot,
+                                                                 end=hd))
+    return b.op("concat", b.op("mul", parts[0], b.const(scale)), parts[1], axis=3)
+
+
+def _scaled_angles(b: LayerBuilder, pos: Node, rope: Rope, rot: int) -> Node:
+    """pos [T] * inv_freq [rot/2] -> [T, rot/2]; dynamic and longrope frequencies depend on the
+    current length L = max(pos) + 1 (past and new tokens), read at run time."""
+    p = b.op("reshape", b.op("cast", pos, to="float32"), shape=(0,) * pos.type.rank + (1,))
+    if rope.scaling not in ("dynamic", "longrope"):
+        return b.op("mul", p, b.const(inv_freq(rope, rot)))
+    if pos.type.rank != 1:
+        b.fail("E0200", f"`{rope.scaling}` rope needs positions [seq], got {pos.type}", "here")
+    length = b.op("add", b.op("reduce_max", pos, axis=0, keepdims=True), b.const(1, np.int64))
+    if rope.scaling == "longrope":
+        long = b.op("greater", length, b.const(rope.original_max, np.int64))
+        freq = b.op("where", long, b.const(inv_freq(rope, rot, long=True)),
+                    b.const(inv_freq(rope, rot)))
+        return b.op("mul", p, freq)
+    seq = b.op("maximum", b.op("cast", length, to="float32"), b.const(float(rope.max_pos)))
+    stretch = b.op("sub", b.op("div", b.op("mul", b.const(rope.factor), seq),
+                               b.const(float(rope.max_pos))), b.const(rope.factor - 1))
+    theta = b.op("mul", b.const(rope.theta), b.op("pow", stretch, b.const(rot / (rot - 2))))
+    exponent = np.arange(0, rot, 2, dtype=np.int64).astype(np.float32) / np.float32(rot)
+    freq = b.op("div", b.const(1.0), b.op("pow", theta, b.const(exponent)))
+    return b.op("mul", p, freq)
 
 
 def rope_dims(rope: Rope, head_dim: int) -> int:

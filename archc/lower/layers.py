@@ -16,7 +16,7 @@ import numpy as np
 
 from archc.ir.graph import Node
 from archc.lower.builder import LayerBuilder
-from archc.lower.signature import Arg, ModuleRef, Rope, Signature
+from archc.lower.signature import Arg, ModuleRef, Signature
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,3 @@ def sinusoidal(b, x, dim):
         b.fail("E0200", f"sinusoidal positions need an even dim, got {dim}", "odd",
                span=b.at("dim"))
     return b.op("sinusoidal", b.positions(x), dim=dim)
-
-
-@layer("rope", 0, Arg("theta", "float", 10000.0), Arg("fraction", "float", 1.0),
-       Arg("dim", "int", None), Arg("interleaved", "bool", False), owns=False,
-       doc="a rotary-embedding config for attention(..., rope = rope(...))")
-def rope(b, theta, fraction, dim, interleaved):
-    return Rope(theta, fraction, dim, interleaved)

@@ -30,15 +30,32 @@ POISON = Poison()
 
 @dataclass(frozen=True)
 class Rope:
+    """A `rope(...)` config; its schedules are in archc/lower/rope.py."""
+
     theta: float = 10000.0
     fraction: float = 1.0
     dim: int | None = None  # rotary dims per head; overrides fraction
     interleaved: bool = False
+    scaling: str = "default"
+    factor: float = 1.0
+    original_max: int = 0  # the pretraining context (llama3, yarn, longrope)
+    max_pos: int = 0  # dynamic: the length up to which frequencies stay as trained
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None
+    mscale: float = 0.0
+    mscale_all_dim: float = 0.0
+    truncate: bool = True
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
 class ModuleRef:
     prefix: str  # parameter-name prefix of a named layer (`wte`, `h.0.attn`)
+    block: Any = field(default=None, compare=False)  # a block of the same name, to call
 
 
 @dataclass(frozen=True)
