@@ -313,3 +313,22 @@ def test_a_repeat_name_is_bound_only_inside_its_loop():
            "x = x + 1 } repeat layers as again { x = x * 2 } output y = x }")
     g = archc.compile(archc.parse(src), level=0)
     assert sum(n.op == "mul" for n in g.nodes()) == 3
+
+
+def test_reshape_merges_and_splits_symbolic_axes():
+    src = """
+    model m {
+      input p: float32[batch, n, len, 8]
+      z = reshape(p, [-1, dim(p, 2), 8])
+      output z = z
+      output back = reshape(z, [dim(p, 0), dim(p, 1), dim(p, 2), 8])
+      output flat = reshape(p, [dim(p, 0), -1])
+    }"""
+    g = archc.compile(archc.parse(src))
+    assert str(g.outputs["z"].type) == "f32[batch*n,len,8]"
+    assert str(g.outputs["flat"].type) == "f32[batch,n*len*8]"
+    p = rng.standard_normal((2, 3, 4, 8)).astype(np.float32)
+    out = _run_both(g, {"p": p}, {})
+    np.testing.assert_array_equal(out["z"], p.reshape(6, 4, 8))
+    np.testing.assert_array_equal(out["back"], p)
+    np.testing.assert_array_equal(out["flat"], p.reshape(2, -1))

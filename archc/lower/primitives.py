@@ -13,6 +13,7 @@ import itertools
 import numpy as np
 
 from archc.ir.graph import Node
+from archc.ir.types import ShapeError
 from archc.lower import (  # noqa: F401  (registers param, cache, masks, the catalogue's own)
     cat_adaptive,
     cat_memory,
@@ -175,14 +176,56 @@ def reshape(b, x, shape):
         if isinstance(d, SymDim):
             d = 0 if i < x.type.rank and x.type.shape[i] == d.name else None
         static.append(d)
-    if None not in static:
+    if None not in static and _static_ok(x, static):
         return b.op("reshape", x, shape=tuple(static))
-    if -1 in dims:
-        b.fail("E0201", "`-1` cannot be combined with a moved symbolic dim", "here",
-               span=b.at("shape"))
-    sizes = [_size(b, d) for d in dims]
-    return b.op("reshape_to", x, *sizes, dims=tuple(d.name if isinstance(d, SymDim) else d
-                                                    for d in dims))
+    names = [d.name if isinstance(d, SymDim) else d for d in dims]
+    sizes = [None if d == -1 else _size(b, d) for d in dims]
+    if -1 in dims:  # what is left: numel(x) / the other sizes, read at run time
+        i = dims.index(-1)
+        total = _numel(b, x)
+        for j, s in enumerate(sizes):
+            if j != i:
+                total = b.op("div", total, s)
+        sizes[i], names[i] = total, _leftover(x, [n for n in names if n != -1])
+    return b.op("reshape_to", x, *sizes, dims=tuple(names))
+
+
+def _static_ok(x: Node, static: list) -> bool:
+    """Whether the ONNX-style static reshape types: a -1 that would merge a symbolic dim with
+    others cannot be named by its rule, so such a reshape takes the run-time path."""
+    from archc.ops import OPS
+
+    try:
+        OPS["reshape"].infer(x.type, shape=tuple(static))
+    except ShapeError:
+        return False
+    return True
+
+
+def _numel(b: LayerBuilder, x: Node) -> Node:
+    total = _size(b, x.type.shape[0]) if isinstance(x.type.shape[0], int) else \
+        b.op("dim_size", x, axis=0)
+    for axis, d in enumerate(x.type.shape[1:], start=1):
+        size = b.const(d, np.int64) if isinstance(d, int) else b.op("dim_size", x, axis=axis)
+        total = b.op("mul", total, size)
+    return total
+
+
+def _leftover(x: Node, known: list) -> int | str:
+    """The type-level dim that -1 stands for: x's factors less the target's known ones, e.g.
+    [batch, 4, 6] -> [-1, 6] leaves `batch*4`."""
+    factors = list(x.type.shape)
+    static = 1
+    for d in known:
+        if d in factors:
+            factors.remove(d)
+        elif isinstance(d, int):
+            static *= d
+    ints = int(np.prod([d for d in factors if isinstance(d, int)], dtype=np.int64)) // static
+    syms = [d if d.isidentifier() else f"({d})" for d in factors if isinstance(d, str)]
+    if not syms:
+        return ints
+    return "*".join(syms + ([str(ints)] if ints != 1 else []))
 
 
 def _size(b: LayerBuilder, d) -> Node:
