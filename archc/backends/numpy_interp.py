@@ -3,6 +3,11 @@
 Each value is dropped after its last use, so peak memory follows the live set, not the graph.
 An exception inside a kernel is re-raised naming the node (`while executing %7 = ...`).
 ARCHC_DEBUG=2 prints every node with its output shape as it runs.
+
+`attention` picks the NumPy kernel of the fused `sdpa` op (-O2): "plain" (every score at once,
+O(T^2) memory), "chunked" (a block of queries at a time, O(T * block), the default) or "flash"
+(blocks of queries and keys with an online softmax, O(block^2) scores). They give the same
+numbers (within 1e-5). Without it, the environment variable ARCHC_ATTENTION decides.
 """
 
 from __future__ import annotations
@@ -15,14 +20,20 @@ import numpy as np
 from archc.ir.graph import Graph, Node
 from archc.ir.printer import fmt_node
 from archc.ops import OPS
+from archc.ops.fused import attention_kernel_as
 
 
 class InterpreterError(RuntimeError):
     pass
 
 
-def run_graph(graph: Graph, inputs: dict[str, np.ndarray],
-              params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_graph(graph: Graph, inputs: dict[str, np.ndarray], params: dict[str, np.ndarray],
+              attention: str | None = None) -> dict[str, np.ndarray]:
+    with attention_kernel_as(attention):
+        return _run(graph, inputs, params)
+
+
+def _run(graph: Graph, inputs, params) -> dict[str, np.ndarray]:
     order = graph.nodes()
     last_use = {i.id: n.id for n in order for i in n.inputs}  # value id -> id of its last reader
     keep = {n.id for n in graph.outputs.values()}

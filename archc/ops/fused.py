@@ -10,6 +10,10 @@ lowering returns the first output's name and records the rest with `b.outputs_of
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import numpy as np
 
 from archc.ir.types import ShapeError, TensorType, broadcast
@@ -153,7 +157,38 @@ def _sdpa_infer(q: TensorType, k: TensorType, v: TensorType, bias: TensorType | 
     return q.with_shape((*q.shape[:3], v.shape[3]))
 
 
-def sdpa(q, k, v, bias=None, scale=1.0, softcap=0.0, causal=False, window=0, block=256):
+# ---------------------------------------------------------------- the NumPy attention kernel
+# Three ways to compute the same numbers, chosen per run: `run_graph(..., attention=KIND)`, else
+# the environment variable ARCHC_ATTENTION, else "chunked". Scores held at once, per batch and
+# head: plain Tq x Tk; chunked BLOCK x Tk (a block of queries at a time); flash BLOCK x BLOCK
+# (blocks of keys too, with an online softmax). benchmarks/linear_attention.py measures them.
+KERNELS = ("plain", "chunked", "flash")
+BLOCK = 256
+_KERNEL: ContextVar[str | None] = ContextVar("archc_attention", default=None)
+
+
+def attention_kernel() -> str:
+    """The NumPy kernel `sdpa` runs now: plain, chunked or flash."""
+    kind = _KERNEL.get() or os.environ.get("ARCHC_ATTENTION") or "chunked"
+    if kind not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kind!r} (ARCHC_ATTENTION): pick one of "
+                         f"{', '.join(KERNELS)}")
+    return kind
+
+
+@contextmanager
+def attention_kernel_as(kind: str | None):
+    """Run `sdpa` with the NumPy kernel `kind` inside the block (None: leave it as it is)."""
+    if kind is not None and kind not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kind!r}: pick one of {', '.join(KERNELS)}")
+    token = _KERNEL.set(kind or _KERNEL.get())
+    try:
+        yield
+    finally:
+        _KERNEL.reset(token)
+
+
+def sdpa(q, k, v, bias=None, scale=1.0, softcap=0.0, causal=False, window=0, block=BLOCK):
     """[B,H,Tq,D], [B,KV,Tk,D], [B,KV,Tk,Dv], bias broadcasting to [B,H,Tq,Tk] -> [B,H,Tq,Dv]
 
     softmax(mask(softcap(q k^T * scale) + bias)) v. `bias` carries any mask as float32's
@@ -161,29 +196,81 @@ def sdpa(q, k, v, bias=None, scale=1.0, softcap=0.0, causal=False, window=0, blo
     and `window` also those `window` or more places before it; with a bias, the bias masks
     them too (the rules build it so), which tells kernels which rows have no key at all.
     The G = H/KV query heads of one kv head are stacked on the query axis, so k and v are
-    never repeated; queries go in blocks of `block`, so the scores take O(block * Tk)."""
+    never repeated. A row whose every key is masked is the mean of all value rows (uniform
+    weights over equal scores), whichever kernel runs."""
+    kind = attention_kernel()
     b_, h, tq, d = q.shape
     kv, tk, g = k.shape[1], k.shape[2], h // k.shape[1]
     qg = q.reshape(b_, kv, g, tq, d)
-    kt = np.swapaxes(k, -1, -2)[:, :, None]  # [B,KV,1,D,Tk]
     bias = None if bias is None else np.broadcast_to(bias, (b_, h, tq, tk)).reshape(
         b_, kv, g, tq, tk)
-    out = np.empty((b_, kv, g, tq, v.shape[3]), q.dtype)
-    for start in range(0, tq, block):
-        rows = slice(start, start + block)
-        s = np.matmul(qg[:, :, :, rows], kt) * np.float32(scale)
-        if softcap:
-            s = np.tanh(s / np.float32(softcap)) * np.float32(softcap)
-        if bias is not None:
-            s = s + bias[:, :, :, rows]
-        if causal:
-            i, j = np.arange(tq)[rows, None], np.arange(tk)[None, :]
-            keep = (j <= i) & (j > i - window) if window else j <= i
-            s = np.where(keep, s, np.float32(LOWEST))
-        e = np.exp(s - s.max(axis=-1, keepdims=True))
-        p = (e / e.sum(axis=-1, keepdims=True)).astype(q.dtype)
-        out[:, :, :, rows] = np.matmul(p, v[:, :, None])
+    mask = (scale, softcap, bias, causal, window)
+    if kind == "flash":
+        out = _flash(qg, k, v, mask, block)
+    else:
+        out = np.empty((b_, kv, g, tq, v.shape[3]), q.dtype)
+        step = max(tq, 1) if kind == "plain" else block
+        for start in range(0, tq, step):
+            rows = (start, min(start + step, tq))
+            p = _scores(qg, k, mask, rows, (0, tk))  # softmax in place: one score array
+            p -= p.max(axis=-1, keepdims=True)
+            np.exp(p, out=p)
+            p /= p.sum(axis=-1, keepdims=True)
+            out[:, :, :, rows[0]:rows[1]] = np.matmul(p, v[:, :, None])
     return out.reshape(b_, h, tq, v.shape[3])
+
+
+def _scores(qg, k, mask, rows, cols):
+    """The masked scores of query rows [r0, r1) against key columns [c0, c1):
+    [B,KV,G,r1-r0,c1-c0]."""
+    scale, softcap, bias, causal, window = mask
+    (r0, r1), (c0, c1) = rows, cols
+    s = np.matmul(qg[:, :, :, r0:r1], np.swapaxes(k[:, :, c0:c1], -1, -2)[:, :, None])
+    s *= np.float32(scale)
+    if softcap:
+        s = np.tanh(s / np.float32(softcap)) * np.float32(softcap)
+    if bias is not None:
+        s += bias[:, :, :, r0:r1, c0:c1]
+    if causal and (c1 - 1 > r0 or (window and c0 <= r1 - 1 - window)):  # a tile the mask cuts
+        i, j = np.arange(r0, r1)[:, None], np.arange(c0, c1)[None, :]
+        keep = (j <= i) & (j > i - window) if window else j <= i
+        np.copyto(s, np.float32(LOWEST), where=~keep)
+    return s
+
+
+def _flash(qg, k, v, mask, block):
+    """The blocked online softmax (Milakov & Gimelshein 2018; Dao et al. 2022, "flash"):
+    for a block of queries, walk the keys a block at a time keeping the running max m, the
+    running sum l of exp(s - m) and the running output o; when the max grows from m to m',
+    l and o are rescaled by exp(m - m'). Then out = o / l. With `causal`, key blocks wholly
+    after the query block (or, with `window`, wholly before its window) are skipped: every
+    score there is masked. A row that met no unmasked score is set to the mean of v."""
+    _, _, _, causal, window = mask
+    b_, kv, g, tq, _ = qg.shape
+    tk = k.shape[2]
+    out = np.empty((b_, kv, g, tq, v.shape[3]), qg.dtype)
+    mean_v = v.mean(axis=2, dtype=np.float32)[:, :, None, None]  # [B,KV,1,1,Dv]
+    for r0 in range(0, tq, block):
+        r1 = min(r0 + block, tq)
+        lo, hi = (max(0, r0 - window + 1) if causal and window else 0), (
+            min(tk, r1) if causal else tk)
+        m = np.full((b_, kv, g, r1 - r0, 1), -np.inf, np.float32)
+        total = np.zeros_like(m)
+        acc = np.zeros((b_, kv, g, r1 - r0, v.shape[3]), np.float32)
+        for c0 in range(lo, hi, block):
+            c1 = min(c0 + block, hi)
+            p = _scores(qg, k, mask, (r0, r1), (c0, c1))
+            m_new = np.maximum(m, p.max(axis=-1, keepdims=True))
+            p -= m_new
+            np.exp(p, out=p)  # exp(s - m')
+            alpha = np.exp(m - m_new)
+            total = total * alpha + p.sum(axis=-1, keepdims=True)
+            acc *= alpha
+            acc += np.matmul(p, v[:, :, None, c0:c1])
+            m = m_new
+        res = acc / np.where(total > 0, total, np.float32(1))
+        out[:, :, :, r0:r1] = np.where(m > LOWEST / 2, res, mean_v)
+    return out
 
 
 # Which kernel self-attention (queries and keys of one sequence) lowers to: "gqa" for
