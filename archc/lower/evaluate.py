@@ -37,6 +37,19 @@ MAX_EXPANSIONS = 100_000  # block calls and repeat steps per model, all nesting 
 _UNSET = object()
 
 
+def _assigned(stmts) -> set[str]:
+    """Names the statements assign, in nested `if` branches too."""
+    out: set[str] = set()
+    for st in stmts:
+        if isinstance(st, ast.Assign):
+            out.update(st.targets)
+        elif isinstance(st, ast.Let):
+            out.update(name for name, _, _ in st.bindings)
+        elif isinstance(st, ast.If):
+            out |= _assigned(st.then + st.orelse)
+    return out
+
+
 class Evaluator(Calls):
     def __init__(self, blocks, diags: Collector, cache: bool = False,
                  library: frozenset[str] = frozenset()):
@@ -220,7 +233,8 @@ class Evaluator(Calls):
 
     def stmt_if(self, s: ast.If):
         cond = self.eval(s.cond)
-        if cond is POISON:
+        if cond is POISON:  # neither branch ran: what they assign is poisoned, not unknown
+            self.env.vars.update(dict.fromkeys(_assigned(s.then + s.orelse), POISON))
             return
         if not isinstance(cond, bool):
             self.err("E0104", "an `if` condition must be a compile-time bool", s.cond.span,

@@ -24,7 +24,8 @@ _NUM_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operat
             "//": operator.floordiv, "%": operator.mod, "**": operator.pow, "==": operator.eq,
             "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
             ">=": operator.ge}
-TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "@": "matmul",
+TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "%": "mod",
+              "@": "matmul",
               "==": "equal", "!=": "not_equal", "<": "less", "<=": "less_equal",
               ">": "greater", ">=": "greater_equal", "and": "logical_and", "or": "logical_or"}
 

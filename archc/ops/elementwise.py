@@ -28,6 +28,17 @@ _binop("div", np.divide, "Div")
 _binop("pow", np.power, "Pow")
 
 
+def _mod_infer(a: TensorType, b: TensorType) -> TensorType:
+    if a.dtype != "int64" or b.dtype != "int64":
+        raise ShapeError(f"`%` on tensors takes int64 operands, got {a.dtype} and {b.dtype}")
+    return _binary(a, b)
+
+
+# Python's %: the result takes the divisor's sign (ONNX Mod with fmod=0, integers only).
+register_op("mod", 2, infer=_mod_infer, numpy=np.mod,
+            onnx=lambda b, x, y: b.op("Mod", x, y, fmod=0))
+
+
 def _unop(name: str, fn, onnx_op: str) -> None:
     register_op(name, 1, infer=same, numpy=fn, onnx=lambda b, x: b.op(onnx_op, x))
 
