@@ -10,6 +10,7 @@ from archc.backends.numpy_interp import run_graph
 from archc.backends.onnx_export import export_onnx
 from archc.frontend import ast
 from archc.frontend import parse as _parse
+from archc.inputs import validate
 from archc.ir.graph import Graph
 from archc.lower import lower
 from archc.passes import PIPELINES, run_pipeline
@@ -22,7 +23,10 @@ def parse(text: str, path: str = "<spec>") -> ast.Module:
 
 
 def parse_file(path: str | Path) -> ast.Module:
-    return _parse(Path(path).read_text(), str(path))
+    """Parse a spec file; a missing, unreadable or non-UTF-8 file is a diagnostic."""
+    from archc.files import read_text
+
+    return _parse(read_text(path, "spec file"), str(path))
 
 
 def optimize(graph: Graph, level: int = 1, verify: bool = False) -> Graph:
@@ -44,19 +48,20 @@ def compile(spec: str | Path | ast.Module, level: int = 1, model: str | None = N
 
 def run(graph: Graph, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarray] | None = None,
         backend: str = "numpy", seed: int = 0) -> dict[str, np.ndarray]:
-    """Run `graph` on `inputs` (extra arrays are ignored) with `weights` (default: seeded init)."""
+    """Run `graph` on `inputs` with `weights` (default: seeded init). The inputs are checked
+    and converted by `archc.inputs.validate` before either backend runs (extra arrays are
+    ignored; `token_type_ids` and masks may be left out), so both backends accept and refuse
+    the same inputs with the same error."""
+    if backend not in ("numpy", "onnxruntime"):
+        raise ValueError(f"unknown backend `{backend}` (numpy or onnxruntime)")
+    feeds = validate(graph, inputs)
     weights = init_params(graph, seed) if weights is None else weights
     check_weights(graph, weights, "the given weights")
-    missing = [n for n in graph.inputs if n not in inputs]
-    if missing:
-        raise KeyError(f"missing graph input(s): {', '.join(missing)}")
-    feeds = {n: np.asarray(inputs[n]) for n in graph.inputs}
+    weights = {k: np.asarray(weights[k], np.float32) for k in graph.params}
     if backend == "numpy":
         return run_graph(graph, feeds, weights)
-    if backend == "onnxruntime":
-        from archc.backends.ort import run_onnx
+    from archc.backends.ort import run_onnx
 
-        return run_onnx(export_onnx(graph, weights), feeds)
-    raise ValueError(f"unknown backend `{backend}` (numpy or onnxruntime)")
+    return run_onnx(export_onnx(graph, weights), feeds)
 
 

@@ -1,32 +1,49 @@
-"""The `archc` command line. Bad input prints diagnostics and exits 1; never a traceback."""
+"""The `archc` command line. Bad input prints diagnostics and exits 1; never a traceback.
+
+Exit codes: 0 done, 1 a diagnostic about the input (or a resource limit), 2 a usage error
+(argparse), 70 an internal error (a bug in archc: the message says so, and `ARCHC_DEBUG=1`
+shows the traceback), 130 interrupted. Every file is written atomically (archc.files).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
+import warnings
 
 import numpy as np
 
 from archc import api
 from archc.diagnostics import ArchcError, Diagnostic, render
+from archc.files import write_file, write_files
+from archc.inputs import load_npz, random_inputs, validate
+from archc.weights import ArchcWarning
 
 USAGE_ERROR = 2
+INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE
+
+
+def _module(args):
+    if getattr(args, "module", None) is None:
+        args.module = api.parse_file(args.spec)
+    return args.module
 
 
 def _graph(args, level: int | None = None, cache: bool = False):
-    module = api.parse_file(args.spec)
     from archc.lower import lower
 
-    graph = lower(module, getattr(args, "model", None), cache=cache)
+    graph = lower(_module(args), getattr(args, "model", None), cache=cache)
     return api.optimize(graph, args.opt if level is None else level)
 
 
 def _weights(args, graph):
     from archc.weights import init_params, load_weights
 
-    return load_weights(graph, args.weights) if args.weights else init_params(graph, args.seed)
+    if args.weights:
+        return load_weights(graph, args.weights, strict=args.strict)
+    return init_params(graph, args.seed)
 
 
 def cmd_check(args) -> int:
@@ -67,54 +84,29 @@ def cmd_compile(args) -> int:
 
         weights = _weights(args, graph)
         stem = args.output[:-5] if args.output.endswith(".onnx") else args.output
-        for part, g in zip(("encoder", "decoder_with_past"),
-                           split_seq2seq(api.parse_file(args.spec), args.model)):
-            path = f"{stem}.{part}.onnx"
-            Path(path).write_bytes(model_bytes(export_onnx(g, {k: weights[k] for k in g.params})))
+        parts = zip(("encoder", "decoder_with_past"), split_seq2seq(_module(args), args.model))
+        files = {f"{stem}.{part}.onnx": model_bytes(export_onnx(g, {k: weights[k]
+                                                                    for k in g.params}))
+                 for part, g in parts}
+        write_files(files)  # both or neither: never a new encoder beside an old decoder
+        for path in files:
             print(f"wrote {path}")
         return 0
     model = export_onnx(graph, _weights(args, graph))
-    Path(args.output).write_bytes(model_bytes(model))
+    write_file(args.output, model_bytes(model))
     print(f"wrote {args.output} ({len(model.graph.node)} ONNX nodes, opset "
           f"{model.opset_import[0].version})")
     return 0
 
 
-def random_inputs(graph, batch: int, seq: int, seed: int) -> dict[str, np.ndarray]:
-    """Seeded inputs: ids within the table they index, masks of ones (a global-attention mask
-    flags only the first token), floats from N(0, 1)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, node in graph.inputs.items():
-        shape = tuple(batch if d == "batch" else seq if isinstance(d, str) else d
-                      for d in node.type.shape)
-        if node.type.dtype == "int64":
-            if "mask" in name:
-                out[name] = np.ones(shape, np.int64)
-                if name.startswith("global"):
-                    out[name][:, 1:] = 0
-                continue
-            rows = [u.inputs[0].type.shape[0] for u in graph.users(node) if u.op == "gather"
-                    and u.inputs[1] is node]
-            out[name] = rng.integers(0, min(rows) if rows else 2, shape, dtype=np.int64)
-        else:
-            out[name] = rng.standard_normal(shape).astype(np.float32)
-    return out
-
-
 def cmd_run(args) -> int:
     graph = _graph(args, cache=args.incremental is not None)
+    full = graph if args.incremental is None else _graph(args, level=0)
     if args.inputs:
-        with np.load(args.inputs) as f:
-            inputs = {k: f[k] for k in f.files}
-        missing = [n for n in graph.inputs if n not in inputs and not n.startswith("past_")]
-        if missing:
-            raise ArchcError([Diagnostic("E0303", f"`{args.inputs}` lacks graph input "
-                                         f"`{missing[0]}`",
-                                         help=f"the graph inputs are {', '.join(graph.inputs)}")])
+        inputs = validate(full, load_npz(args.inputs), f"`{args.inputs}`")
     else:
-        inputs = random_inputs(graph, args.batch, args.seq, args.seed)
-        inputs = {k: v for k, v in inputs.items() if not k.startswith("past_")}
+        inputs = random_inputs(full, args.batch, args.seq, args.seed)
+    weights = _weights(args, graph)
     if args.incremental is not None and "decoder_input_ids" in graph.inputs:
         from archc.kvcache import seq2seq_incremental_logits
 
@@ -122,8 +114,8 @@ def cmd_run(args) -> int:
         if not 0 < k <= n:
             raise ArchcError([Diagnostic("E0304", f"`--incremental {k}` must be in 1..{n} "
                                          "(the decoder length)")])
-        outputs = {"logits": seq2seq_incremental_logits(
-            api.parse_file(args.spec), _weights(args, graph), inputs, k, args.backend)}
+        outputs = {"logits": seq2seq_incremental_logits(_module(args), weights, inputs, k,
+                                                        args.backend)}
     elif args.incremental is not None:
         from archc.kvcache import incremental_logits
 
@@ -131,12 +123,17 @@ def cmd_run(args) -> int:
         if not 0 < args.incremental <= ids.shape[1]:
             raise ArchcError([Diagnostic("E0304", f"`--incremental {args.incremental}` must be "
                                          f"in 1..{ids.shape[1]} (the sequence length)")])
-        outputs = {"logits": incremental_logits(graph, _weights(args, graph), ids,
+        outputs = {"logits": incremental_logits(graph, weights, ids,
                                                 inputs.get("attention_mask"), args.incremental,
                                                 args.backend)}
     else:
-        outputs = api.run(graph, inputs, _weights(args, graph), backend=args.backend)
-    np.savez(args.out, **outputs)
+        outputs = api.run(graph, inputs, weights, backend=args.backend)
+
+    def save(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **outputs)
+
+    write_file(args.out, save)
     for name, value in outputs.items():
         print(f"{name}: {value.dtype}{list(value.shape)} mean {value.mean():.6g} "
               f"std {value.std():.6g}")
@@ -147,21 +144,37 @@ def cmd_run(args) -> int:
 def cmd_generate(args) -> int:
     from archc.kvcache import generate
 
+    ids = _token_ids(args.ids)
     graph = _graph(args, cache=True)
-    try:
-        ids = np.array([[int(t) for t in args.ids.split(",")]], np.int64)
-    except ValueError:
-        raise ArchcError([Diagnostic("E0305", f"`--ids {args.ids}` is not a comma-separated "
-                                     "list of token ids")]) from None
-    if "decoder_input_ids" in graph.inputs:  # encoder-decoder: --ids is the encoder's input
+    seq2seq = "decoder_input_ids" in graph.inputs
+    # the whole run's inputs, checked on the plain graph: ids in the vocabulary, and the
+    # prompt plus every generated token within the position table
+    grown = np.zeros((1, args.steps + 1 if seq2seq else ids.shape[1] + args.steps), np.int64)
+    grown[0, :1] = args.start
+    feeds = {"input_ids": ids, "decoder_input_ids": grown} if seq2seq else \
+        {"input_ids": np.concatenate([ids, grown[:, ids.shape[1]:]], axis=1)}
+    validate(_graph(args, level=0), feeds, "`--ids`, `--start` and `--steps`")
+    if seq2seq:  # encoder-decoder: --ids is the encoder's input
         from archc.kvcache import generate_seq2seq
 
-        out = generate_seq2seq(api.parse_file(args.spec), _weights(args, graph), ids,
-                               args.steps, args.start, args.backend)
+        out = generate_seq2seq(_module(args), _weights(args, graph), ids, args.steps,
+                               args.start, args.backend)
     else:
         out = generate(graph, _weights(args, graph), ids, args.steps, args.backend)
     print(",".join(str(t) for t in out[0]))
     return 0
+
+
+def _token_ids(text: str) -> np.ndarray:
+    try:
+        ids = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ArchcError([Diagnostic("E0305", f"`--ids {text}` is not a comma-separated "
+                                     "list of token ids")]) from None
+    big = next((i for i in ids if not -2**63 <= i < 2**63), None)
+    if big is not None:
+        raise ArchcError([Diagnostic("E0315", f"`--ids`: token id {big} is beyond int64")])
+    return np.array([ids], np.int64)
 
 
 def cmd_stats(args) -> int:  # counts come from the lowered graph: no passes, no weights
@@ -176,10 +189,26 @@ def cmd_stats(args) -> int:  # counts come from the lowered graph: no passes, no
 def cmd_import_hf(args) -> int:
     from archc.hf import import_hf
 
-    result = import_hf(args.checkpoint, args.output, config_only=args.config_only)
+    result = import_hf(args.checkpoint, args.output, config_only=args.config_only,
+                       strict=args.strict)
     wrote = ["model.arch"] + ([] if result.weights is None else ["model.safetensors"])
     print(f"wrote {', '.join(f'{args.output}/{w}' for w in wrote)}")
     return 0
+
+
+def _count(low: int):
+    """An argparse type: an integer >= `low`, else a usage error that says so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"`{text}` is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(fn=fn)
         return c
 
+    def weights(c):
+        c.add_argument("--weights", help="a .safetensors file keyed by archc parameter names")
+        c.add_argument("--seed", type=_count(0), default=0, help="seed of the random init "
+                       "and inputs")
+        c.add_argument("--strict", action="store_true", help="NaN or infinite weights are an "
+                       "error, not a warning")
+
     command("check", cmd_check, "parse, check, lower and infer shapes", opt=False)
     d = command("dump", cmd_dump, "print the IR text")
     d.add_argument("--after", help="stop after this pass")
@@ -206,22 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "graph (past_key_values.* inputs, present.* outputs)")
     r = command("run", cmd_run, "run on the NumPy or onnxruntime backend")
     for cmd in (c, r):
-        cmd.add_argument("--weights", help="a .safetensors file keyed by archc parameter names")
-        cmd.add_argument("--seed", type=int, default=0, help="seed of the random init and inputs")
+        weights(cmd)
     r.add_argument("--inputs", help="an .npz with the graph inputs by name")
-    r.add_argument("--batch", type=int, default=1)
-    r.add_argument("--seq", type=int, default=8)
+    r.add_argument("--batch", type=_count(1), default=1)
+    r.add_argument("--seq", type=_count(1), default=8)
     r.add_argument("--out", required=True, help="an .npz to write every output to")
     r.add_argument("--backend", choices=("numpy", "onnxruntime"), default="numpy")
-    r.add_argument("--incremental", type=int, metavar="K", help="prefill K tokens, then decode "
-                   "one token at a time through the KV cache; writes the concatenated logits")
+    r.add_argument("--incremental", type=_count(1), metavar="K", help="prefill K tokens, then "
+                   "decode one token at a time through the KV cache; writes the concatenated "
+                   "logits")
     gen = command("generate", cmd_generate, "greedy decoding from token ids with the KV cache")
     gen.add_argument("--ids", required=True, help="prompt token ids, e.g. 1,2,3")
-    gen.add_argument("--steps", type=int, default=8)
-    gen.add_argument("--start", type=int, default=0, help="encoder-decoders: the decoder's "
-                     "start token id (T5: 0, BART: 2)")
-    gen.add_argument("--weights")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=_count(0), default=8)
+    gen.add_argument("--start", type=_count(0), default=0, help="encoder-decoders: the "
+                     "decoder's start token id (T5: 0, BART: 2)")
+    weights(gen)
     gen.add_argument("--backend", choices=("numpy", "onnxruntime"), default="numpy")
     h = sub.add_parser("import-hf", help="import a Hugging Face checkpoint folder")
     h.add_argument("checkpoint", help="a folder with config.json and model.safetensors")
@@ -229,25 +264,57 @@ def build_parser() -> argparse.ArgumentParser:
                    "model.safetensors) to")
     h.add_argument("--config-only", action="store_true", help="read only config.json; write "
                    "only the spec")
+    h.add_argument("--strict", action="store_true", help="NaN or infinite weights are an "
+                   "error, not a warning")
     h.set_defaults(fn=cmd_import_hf)
     s = command("stats", cmd_stats, "exact parameter counts", opt=False)
     s.add_argument("--json", action="store_true")
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if isinstance(message, ArchcWarning):
+        sys.stderr.write(render(message.diagnostic))
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except ArchcError as e:
-        sys.stderr.write(e.render())
-        return 1
-    except FileNotFoundError as e:
-        sys.stderr.write(render(Diagnostic("E0004", f"cannot read `{e.filename}`: no such file")))
-        return 1
-    except OSError as e:
-        sys.stderr.write(render(Diagnostic("E0004", f"cannot read or write a file: {e}")))
-        return 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ArchcWarning)
+        warnings.showwarning = _show_warning
+        try:
+            return args.fn(args)
+        except ArchcError as e:
+            sys.stderr.write(e.render())
+            return 1
+        except FileNotFoundError as e:
+            sys.stderr.write(render(Diagnostic("E0004", f"cannot read `{e.filename}`: no such "
+                                               "file")))
+            return 1
+        except MemoryError:
+            sys.stderr.write(render(Diagnostic("E0332", "out of memory", help="a smaller "
+                                               "`--batch`/`--seq` or model; ARCHC_MAX_BYTES "
+                                               "sets the budget archc checks before "
+                                               "allocating")))
+            return 1
+        except OSError as e:
+            where = f" `{e.filename}`" if e.filename else ""
+            sys.stderr.write(render(Diagnostic("E0004", f"cannot read or write{where}: "
+                                               f"{(e.strerror or str(e)).lower()}")))
+            return 1
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\n")
+            return 130
+        except Exception as e:  # a bug in archc: say so in one located line, not a traceback
+            if os.environ.get("ARCHC_DEBUG"):
+                raise
+            sys.stderr.write(render(Diagnostic(
+                "E0900", f"internal error: {type(e).__name__}: {str(e)[:500]}",
+                notes=("this is a bug in archc, not in your input",),
+                help="run with ARCHC_DEBUG=1 for the traceback, and report it")))
+            return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

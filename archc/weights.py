@@ -4,20 +4,63 @@ Init rules (set by the layer that creates a param): `xavier` (Glorot uniform, at
 GLU projections), `he` (Kaiming normal, fan-in, for ReLU FFNs), `normal:STD` (embeddings and
 heads), `ones` (norm scales), `zeros` (biases, unit-offset norm scales). Each param draws from
 its own generator seeded by (seed, crc32(name)), so adding a layer does not change the others.
+The init refuses, before allocating, parameters over the `ARCHC_MAX_BYTES` budget.
+
+`load_weights` reads a safetensors file through `archc.tensorfile` (every header field checked;
+F32, F16, BF16 and F64 convert to float32, other dtypes are refused by name). NaN or infinite
+weights are an `ArchcWarning` (the CLI prints it on stderr), or an error with `strict=True`.
 """
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import numpy as np
 
-from archc.diagnostics import ArchcError, Diagnostic
+from archc.diagnostics import ArchcError, Diagnostic, render
 from archc.ir.graph import Graph
 from archc.ir.types import fmt_shape
+from archc.limits import check_bytes, nbytes
+
+
+class ArchcWarning(UserWarning):
+    """A diagnostic of severity `warning`: the work goes on, the user should know."""
+
+    def __init__(self, diagnostic: Diagnostic):
+        self.diagnostic = diagnostic
+        super().__init__(render(diagnostic))
+
+
+def nonfinite_weights(notes: list[str], source: str, strict: bool) -> None:
+    """Report weights with NaN or infinite values (one note per tensor): a warning, or an
+    error when `strict`."""
+    if not notes:
+        return
+    diag = Diagnostic("E0309", f"{len(notes)} weight tensor(s) in `{source}` hold NaN or "
+                      "infinite values", notes=tuple(notes[:10]) + (
+                          (f"and {len(notes) - 10} more",) if len(notes) > 10 else ()),
+                      help=None if strict else "run with `--strict` to make this an error",
+                      severity="error" if strict else "warning")
+    if strict:
+        raise ArchcError([diag])
+    warnings.warn(ArchcWarning(diag), stacklevel=3)
+
+
+def check_init_budget(graph: Graph) -> None:
+    for name, p in graph.params.items():
+        bad = [d for d in p.type.shape if not isinstance(d, int) or d < 0]
+        if bad:
+            raise ArchcError([Diagnostic("E0310", f"parameter `{name}` has shape "
+                                         f"{fmt_shape(p.type.shape)}: not a list of sizes")])
+    total = sum(nbytes(p.type.shape, 4) for p in graph.params.values())
+    largest = max((nbytes(p.type.shape, 8) for p in graph.params.values()), default=0)
+    check_bytes(total + largest, f"the random init of {len(graph.params)} parameters "
+                "(float32, drawn in float64 one tensor at a time)")
 
 
 def init_params(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    check_init_budget(graph)
     out = {}
     for name in sorted(graph.params):
         p = graph.params[name]
@@ -49,6 +92,10 @@ def check_weights(graph: Graph, weights: dict[str, np.ndarray], source: str) -> 
         if name not in weights:
             diags.append(Diagnostic("E0300", f"missing weight `{name}` {fmt_shape(want)}",
                                     notes=(f"in {source}",)))
+        elif not np.issubdtype(np.asarray(weights[name]).dtype, np.floating):
+            diags.append(Diagnostic("E0308", f"weight `{name}` is "
+                                    f"{np.asarray(weights[name]).dtype}: a float parameter "
+                                    "needs a float array", notes=(f"in {source}",)))
         elif tuple(weights[name].shape) != want:
             diags.append(Diagnostic("E0301", f"weight `{name}` has shape "
                                     f"{fmt_shape(tuple(weights[name].shape))}, the spec needs "
@@ -61,15 +108,36 @@ def check_weights(graph: Graph, weights: dict[str, np.ndarray], source: str) -> 
         raise ArchcError(diags)
 
 
-def load_weights(graph: Graph, path: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+def load_weights(graph: Graph, path: str, strict: bool = False) -> dict[str, np.ndarray]:
+    """The weights of `graph` from a safetensors file, as float32, checked against the graph's
+    parameters (names, shapes, dtypes); NaN/Inf is a warning, or an error when `strict`."""
+    from archc.tensorfile import TensorFile, nonfinite
 
-    weights = {k: v.astype(np.float32) for k, v in load_file(path).items()}
-    check_weights(graph, weights, path)
+    f = TensorFile(path)
+    diags = [d for d in map(f.refusal, sorted(set(f.entries) & set(graph.params))) if d]
+    shapes = {n: np.broadcast_to(np.float32(0), e.shape) for n, e in f.entries.items()}
+    try:
+        check_weights(graph, shapes, path)  # names and shapes, from the header alone
+    except ArchcError as e:
+        diags += e.diagnostics
+    if diags:
+        raise ArchcError(diags)
+    weights = {name: f.float32(name) for name in graph.params}
+    nonfinite_weights([n for n in (nonfinite(k, v) for k, v in weights.items()) if n], path,
+                      strict)
     return weights
 
 
-def save_weights(weights: dict[str, np.ndarray], path: str) -> None:
+def safetensors_writer(weights: dict[str, np.ndarray]):
+    """A writer for archc.files: the weights as a safetensors file at the path it is given."""
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in sorted(weights.items())}, path)
+    tensors = {k: np.ascontiguousarray(v) for k, v in sorted(weights.items())}
+    return lambda path: save_file(tensors, str(path))
+
+
+def save_weights(weights: dict[str, np.ndarray], path: str) -> None:
+    """Write a safetensors file atomically (see archc.files)."""
+    from archc.files import write_file
+
+    write_file(path, safetensors_writer(weights))

@@ -8,7 +8,7 @@ here; the compiler core has no family code paths.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from archc.diagnostics import ArchcError, Diagnostic, did_you_mean
 from archc.hf.config import HFConfig
 from archc.hf.tensors import Tensors
+from archc.weights import nonfinite_weights
 
 DECODERS = ("bloom", "falcon", "gemma", "gemma2", "gpt2", "gpt_neox", "gptj", "llama",
             "mistral", "mixtral", "opt", "phi", "qwen2")
@@ -39,7 +40,8 @@ def family(c: HFConfig):
     return importlib.import_module(f"archc.hf.{c.model_type}")
 
 
-def import_checkpoint(directory: str | Path, config_only: bool = False) -> Imported:
+def import_checkpoint(directory: str | Path, config_only: bool = False,
+                      strict: bool = False) -> Imported:
     c = HFConfig.load(directory)
     fam = family(c)
     t = None if config_only else Tensors.load(directory)
@@ -53,21 +55,38 @@ def import_checkpoint(directory: str | Path, config_only: bool = False) -> Impor
         return Imported(spec, None)
     weights = fam.weights(c, made, t)
     t.check_all_used(ignore=_BUFFERS)
+    nonfinite_weights(t.nonfinite, f"{directory}: {t.source}", strict)
     return Imported(spec, weights)
 
 
-def import_hf(directory: str | Path, out: str | Path, config_only: bool = False) -> Imported:
-    """Write OUT/model.arch (and OUT/model.safetensors) and check that they fit each other."""
+def import_hf(directory: str | Path, out: str | Path, config_only: bool = False,
+              strict: bool = False) -> Imported:
+    """Write OUT/model.arch (and OUT/model.safetensors) and check that they fit each other.
+    Nothing is written unless the spec lowers and the weights fit it; then both files are
+    written as one atomic set (archc.files), so a failure leaves the old pair as it was."""
     from archc.api import parse
+    from archc.files import cannot_write, write_files
     from archc.lower import lower
-    from archc.weights import check_weights, save_weights
+    from archc.weights import check_weights, safetensors_writer
 
-    result = import_checkpoint(directory, config_only)
+    result = import_checkpoint(directory, config_only, strict)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    graph = lower(parse(result.spec, str(out / "model.arch")))
+    config = Path(directory) / "config.json"
+    generated = f"{out / 'model.arch'} (generated from {config}, not written)"
+    try:
+        graph = lower(parse(result.spec, generated))
+        if result.weights is not None:
+            check_weights(graph, result.weights, str(directory))
+    except ArchcError as e:
+        note = f"the spec was generated from `{config}`: check its fields"
+        raise ArchcError([replace(d, notes=(*d.notes, note)) for d in e.diagnostics],
+                         e.sources) from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(out, (e.strerror or str(e)).lower()) from None
+    files: dict = {out / "model.arch": result.spec.encode()}
     if result.weights is not None:
-        check_weights(graph, result.weights, str(directory))
-        save_weights(result.weights, str(out / "model.safetensors"))
-    (out / "model.arch").write_text(result.spec)
+        files[out / "model.safetensors"] = safetensors_writer(result.weights)
+    write_files(files)
     return result

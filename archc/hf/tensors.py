@@ -1,4 +1,9 @@
-"""Reading checkpoint tensors by their Hugging Face names, with errors that name the tensor."""
+"""Reading checkpoint tensors by their Hugging Face names, with errors that name the tensor.
+
+Shards are read through `archc.tensorfile` (headers checked, tensors read lazily, BF16/F16
+converted, integer and fp8 tensors refused when taken as weights). A tensor in two shards is an
+error naming both: which copy is right is not archc's to guess.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +12,41 @@ from pathlib import Path
 import numpy as np
 
 from archc.diagnostics import ArchcError, Diagnostic
+from archc.tensorfile import Entry, TensorFile, nonfinite
 
 
 class Tensors:
     """The tensors of `model.safetensors` (or its shards). `take` marks a tensor used, so that
-    `check_all_used` can report tensors the importer did not expect."""
+    `check_all_used` can report tensors the importer did not expect; it also notes tensors
+    with NaN or infinite values (`nonfinite`)."""
 
-    def __init__(self, tensors: dict[str, np.ndarray], source: str):
-        self.tensors = tensors
+    def __init__(self, files: dict[str, TensorFile], source: str):
+        self.files = files  # tensor name -> the shard holding it
+        self.tensors: dict[str, Entry] = {k: f.entries[k] for k, f in files.items()}
         self.source = source
         self.used: set[str] = set()
+        self.nonfinite: list[str] = []
         self.prefix = ""
 
     @classmethod
     def load(cls, directory: str | Path) -> Tensors:
-        from safetensors.numpy import load_file
-
         directory = Path(directory)
-        files = sorted(directory.glob("*.safetensors"))
-        if not files:
+        paths = sorted(p for p in directory.glob("*.safetensors") if not p.is_dir())
+        if not paths:
             raise ArchcError([Diagnostic("E0510", f"no `*.safetensors` file in `{directory}`")])
-        tensors = {}
-        for f in files:
-            tensors.update(load_file(str(f)))
-        return cls(tensors, ", ".join(f.name for f in files))
+        files: dict[str, TensorFile] = {}
+        dups = []
+        for path in paths:
+            shard = TensorFile(path)
+            for name in shard.entries:
+                if name in files:
+                    dups.append(Diagnostic("E0514", f"tensor `{name}` is in two shards: "
+                                           f"`{Path(files[name].path).name}` and "
+                                           f"`{path.name}`", help="remove the stale shard"))
+                files.setdefault(name, shard)
+        if dups:
+            raise ArchcError(dups)
+        return cls(files, ", ".join(p.name for p in paths))
 
     def has(self, name: str) -> bool:
         return self.prefix + name in self.tensors or name in self.tensors
@@ -41,10 +57,14 @@ class Tensors:
             raise ArchcError([Diagnostic("E0511", f"missing tensor `{self.prefix + name}` in "
                                          f"{self.source}")])
         self.used.add(full)
-        t = self.tensors[full].astype(np.float32)
-        if shape is not None and tuple(t.shape) != tuple(shape):
-            raise ArchcError([Diagnostic("E0512", f"tensor `{full}` has shape {list(t.shape)}, "
+        have = self.tensors[full].shape
+        if shape is not None and tuple(have) != tuple(shape):
+            raise ArchcError([Diagnostic("E0512", f"tensor `{full}` has shape {list(have)}, "
                                          f"the config implies {list(shape)}")])
+        t = self.files[full].float32(full)
+        note = nonfinite(full, t)
+        if note and note not in self.nonfinite:
+            self.nonfinite.append(note)
         return t
 
     def linear(self, name: str, in_dim: int, out_dim: int) -> np.ndarray:

@@ -1,0 +1,172 @@
+"""Hostile input arrays: one validation before either backend runs, so NumPy and onnxruntime
+accept and refuse exactly the same inputs, with the same error code (differential tests)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+import archc
+from archc.cli import main
+from archc.diagnostics import ArchcError
+from archc.hf import import_hf
+
+TINY = """model tiny {
+  let vocab = 50, d = 16, heads = 2, layers = 1, eps = 1e-5
+  input input_ids: int64[batch, seq]
+  input attention_mask: int64[batch, seq]
+  x = embed(input_ids, vocab, d) as wte
+  x = x + pos_embed(input_ids, 12, d) as wpe
+  repeat layers as h {
+    x = x + attention(layer_norm(x, eps) as ln_1, heads, causal, mask = attention_mask) as attn
+  }
+  output logits = lm_head(layer_norm(x, eps) as ln_f, vocab, tied = wte)
+}
+"""
+BACKENDS = ("numpy", "onnxruntime")
+IDS = np.array([[1, 2, 3, 4], [5, 6, 7, 0]], np.int64)
+MASK = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.int64)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    g = archc.compile(TINY)
+    return g, archc.init_params(g, 1)
+
+
+def _outcome(g, w, feeds, backend):
+    try:
+        return archc.run(g, feeds, w, backend=backend)
+    except ArchcError as e:
+        return tuple(d.code for d in e.diagnostics)
+
+
+BAD = {
+    "negative id": {"input_ids": np.array([[1, -2, 3]]), "attention_mask": np.ones((1, 3))},
+    "id = vocab": {"input_ids": np.array([[1, 50]]), "attention_mask": np.ones((1, 2))},
+    "huge uint id": {"input_ids": np.array([[2**64 - 1]], np.uint64)},
+    "float ids": {"input_ids": np.array([[1.5, 2.0]])},
+    "nan ids": {"input_ids": np.array([[np.nan, 2.0]])},
+    "string ids": {"input_ids": np.array([["a", "b"]])},
+    "complex ids": {"input_ids": np.array([[1j, 2]])},
+    "object ids": {"input_ids": np.array([[1, None]], dtype=object)},
+    "ragged": {"input_ids": [[1, 2], [3]]},
+    "rank 1": {"input_ids": np.array([1, 2, 3])},
+    "rank 3": {"input_ids": IDS[None]},
+    "seq 0": {"input_ids": np.zeros((1, 0), np.int64), "attention_mask": np.zeros((1, 0))},
+    "batch 0": {"input_ids": np.zeros((0, 3), np.int64)},
+    "mask seq mismatch": {"input_ids": IDS, "attention_mask": np.ones((2, 5), np.int64)},
+    "mask batch mismatch": {"input_ids": IDS, "attention_mask": np.ones((1, 4), np.int64)},
+    "mask of 2": {"input_ids": IDS, "attention_mask": MASK * 2},
+    "mask of -1": {"input_ids": IDS, "attention_mask": -MASK},
+    "seq past positions": {"input_ids": np.ones((1, 13), np.int64)},
+    "no ids": {"attention_mask": MASK},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_both_backends_refuse_the_same_inputs_with_the_same_code(tiny, case):
+    g, w = tiny
+    outcomes = [_outcome(g, w, BAD[case], b) for b in BACKENDS]
+    assert isinstance(outcomes[0], tuple), f"{case}: accepted"
+    assert outcomes[0] == outcomes[1], f"{case}: {outcomes}"
+
+
+def test_refusals_say_what_was_expected(tiny):
+    g, w = tiny
+    with pytest.raises(ArchcError, match=r"input `input_ids` holds id -2 at \[0, 1\]: the "
+                       r"table `wte.weight` has 50 rows \(ids 0\.\.49\)(?s:.*)not wrapped"):
+        archc.run(g, BAD["negative id"], w)
+    with pytest.raises(ArchcError, match=r"index 12 of table `wpe.weight`, which has 12 rows"):
+        archc.run(g, BAD["seq past positions"], w)
+    with pytest.raises(ArchcError, match=r"`attention_mask` has seq = 5 \(axis 1\), "
+                       r"`input_ids` has seq = 4"):
+        archc.run(g, BAD["mask seq mismatch"], w)
+    with pytest.raises(ArchcError, match=r"seq = 0 \(axis 1\); seq must be at least 1"):
+        archc.run(g, BAD["seq 0"], w)
+
+
+def test_accepted_conversions_give_the_same_numbers_on_both_backends(tiny):
+    """int32/uint8 ids, a bool or float 0/1 mask and a missing mask (all ones) are converted
+    the same way for both backends."""
+    g, w = tiny
+    want = archc.run(g, {"input_ids": IDS, "attention_mask": MASK}, w)["logits"]
+    variants = [{"input_ids": IDS.astype(np.int32), "attention_mask": MASK.astype(np.float32)},
+                {"input_ids": IDS.astype(np.uint8), "attention_mask": MASK.astype(bool)},
+                {"input_ids": IDS.astype(np.float64), "attention_mask": MASK.tolist()}]
+    for feeds in variants:
+        for backend in BACKENDS:
+            got = archc.run(g, feeds, w, backend=backend)["logits"]
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    ones = archc.run(g, {"input_ids": IDS, "attention_mask": np.ones_like(IDS)}, w)["logits"]
+    for backend in BACKENDS:
+        got = archc.run(g, {"input_ids": IDS}, w, backend=backend)["logits"]
+        np.testing.assert_allclose(got, ones, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["roberta", "longformer"])
+def test_roberta_and_longformer_run_from_ids_and_mask_alone(family, tmp_path):
+    """Their tokenizers give input_ids and attention_mask; token_type_ids default to zeros
+    and a global-attention mask to none, on both backends."""
+    fixtures = ROOT / "tests" / "fixtures" / "hf"
+    import_hf(fixtures / family, tmp_path)
+    g = archc.compile(tmp_path / "model.arch")
+    w = archc.load_weights(g, str(tmp_path / "model.safetensors"))
+    ref = np.load(fixtures / family / "reference.npz")
+    feeds = {"input_ids": ref["input_ids"], "attention_mask": ref["attention_mask"]}
+    full = {**feeds, "token_type_ids": np.zeros_like(ref["input_ids"]),
+            "global_attention_mask": np.zeros_like(ref["input_ids"])}
+    want = archc.run(g, full, w)["logits"]
+    for backend in BACKENDS:
+        np.testing.assert_allclose(archc.run(g, feeds, w, backend=backend)["logits"], want,
+                                   atol=1e-5)
+    if family == "roberta":
+        real = ref["attention_mask"].astype(bool)
+        assert np.abs(want - ref["logits"])[real].max() <= 1e-4
+
+
+def _cli_run(capsys, tmp_path, arrays=None, raw: bytes | None = None, *extra):
+    (tmp_path / "tiny.arch").write_text(TINY)
+    path = tmp_path / "in.npz"
+    if raw is not None:
+        path.write_bytes(raw)
+    elif arrays is not None:
+        np.savez(path, **arrays)
+    code = main(["run", str(tmp_path / "tiny.arch"), "--inputs", str(path), "--out",
+                 str(tmp_path / "o.npz"), *extra])
+    return code, capsys.readouterr().err
+
+
+def test_npz_that_is_pickled_not_zip_or_holds_objects(tmp_path, capsys):
+    for raw in (pickle.dumps({"input_ids": IDS}), b"not a zip", b""):
+        code, err = _cli_run(capsys, tmp_path, raw=raw)
+        assert code == 1 and "error[E0317]: cannot read" in err and "Traceback" not in err
+    code, err = _cli_run(capsys, tmp_path, {"input_ids": np.array([[1, None]], dtype=object)})
+    assert code == 1 and "holds Python objects" in err
+    np.save(tmp_path / "x.npy", IDS)
+    code, err = _cli_run(capsys, tmp_path, raw=(tmp_path / "x.npy").read_bytes())
+    assert code == 1 and "E0317" in err
+
+
+def test_cli_inputs_file_errors_name_the_file(tmp_path, capsys):
+    code, err = _cli_run(capsys, tmp_path, {"input_ids": np.array([[1, 99]])})
+    assert code == 1 and "holds id 99" in err and f"in `{tmp_path / 'in.npz'}`" in err
+    code, err = _cli_run(capsys, tmp_path, {"input_ids": IDS.astype(np.int32)}, None,
+                         "--backend", "onnxruntime")
+    assert code == 0, err
+
+
+def test_generate_refuses_negative_huge_and_out_of_table_ids(tmp_path, capsys):
+    (tmp_path / "tiny.arch").write_text(TINY)
+    spec = str(tmp_path / "tiny.arch")
+    for ids, want in (("1,-2,3", "holds id -2"), ("1,2,99999999999999999999999",
+                                                   "beyond int64"), ("1,2,50", "holds id 50"),
+                      ("1,,2", "not a comma-separated list")):
+        assert main(["generate", spec, "--ids", ids, "--steps", "2"]) == 1
+        assert want in capsys.readouterr().err
+    assert main(["generate", spec, "--ids", "1,2,3", "--steps", "10"]) == 1  # 12 positions
+    assert "index 12 of table `wpe.weight`" in capsys.readouterr().err
+    assert main(["generate", spec, "--ids", "1,2,3", "--steps", "9"]) == 0
