@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
 
 from archc.backends.numpy_interp import run_graph
-from archc.backends.onnx_export import export_onnx
 from archc.frontend import ast
 from archc.frontend import parse as _parse
 from archc.inputs import validate
@@ -55,13 +55,19 @@ def run(graph: Graph, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarr
     if backend not in ("numpy", "onnxruntime"):
         raise ValueError(f"unknown backend `{backend}` (numpy or onnxruntime)")
     feeds = validate(graph, inputs)
-    weights = init_params(graph, seed) if weights is None else weights
+    if weights is None:  # one seeded init per graph and seed, so a session can be reused
+        weights = _INITIALISED.setdefault(graph, {}).get(seed)
+        if weights is None:
+            weights = _INITIALISED[graph][seed] = init_params(graph, seed)
     check_weights(graph, weights, "the given weights")
     weights = {k: np.asarray(weights[k], np.float32) for k in graph.params}
     if backend == "numpy":
         return run_graph(graph, feeds, weights)
-    from archc.backends.ort import run_onnx
+    from archc.backends.ort import run_cached
 
-    return run_onnx(export_onnx(graph, weights), feeds)
+    return run_cached(graph, feeds, weights)  # exported and built once per graph and weights
+
+
+_INITIALISED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

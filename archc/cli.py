@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from archc import api
-from archc.diagnostics import ArchcError, Diagnostic, render
+from archc.diagnostics import ArchcError, Diagnostic, did_you_mean, render
 from archc.files import write_file, write_files
 from archc.inputs import load_npz, random_inputs, validate
 from archc.weights import ArchcWarning
@@ -61,6 +61,10 @@ def cmd_dump(args) -> int:
     from archc.lower import lower
     from archc.passes import PASSES, PIPELINES, run_pipeline
 
+    if args.block:
+        return _dump_block(args.block)
+    if args.spec is None:
+        raise ArchcError([Diagnostic("E0400", "`archc dump` needs a spec or `--block NAME`")])
     graph = lower(api.parse_file(args.spec), args.model)
     if args.after:
         if args.after not in PASSES:
@@ -72,6 +76,19 @@ def cmd_dump(args) -> int:
     else:
         graph = api.optimize(graph, args.opt)
     sys.stdout.write(print_graph(graph))
+    return 0
+
+
+def _dump_block(name: str) -> int:
+    from archc.lower import library_block, stdlib
+
+    found = library_block(name)
+    if found is None:
+        names = [b.name for m in stdlib() for b in m.blocks]
+        raise ArchcError([Diagnostic("E0400", f"no library block `{name}`",
+                                     help=did_you_mean(name, names))])
+    block, text = found
+    sys.stdout.write(f"# {block.span.file}\n{text}\n")
     return 0
 
 
@@ -103,7 +120,8 @@ def cmd_run(args) -> int:
     graph = _graph(args, cache=args.incremental is not None)
     full = graph if args.incremental is None else _graph(args, level=0)
     if args.inputs:
-        inputs = validate(full, load_npz(args.inputs), f"`{args.inputs}`")
+        states = full.meta["states"] if args.incremental is not None else ()
+        inputs = validate(full, load_npz(args.inputs), f"`{args.inputs}`", states)
     else:
         inputs = random_inputs(full, args.batch, args.seq, args.seed)
     weights = _weights(args, graph)
@@ -216,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "transformer models")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def command(name: str, fn, help: str, opt: bool = True):
+    def command(name: str, fn, help: str, opt: bool = True, spec: str | None = None):
         c = sub.add_parser(name, help=help)
-        c.add_argument("spec", help="an .arch file")
+        c.add_argument("spec", help="an .arch file", nargs=spec)
         c.add_argument("--model", help="which model, when the file has several")
         if opt:
             c.add_argument("-O", dest="opt", type=int, choices=(0, 1, 2), default=1,
@@ -234,8 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "error, not a warning")
 
     command("check", cmd_check, "parse, check, lower and infer shapes", opt=False)
-    d = command("dump", cmd_dump, "print the IR text")
+    d = command("dump", cmd_dump, "print the IR text, or a library block's source", spec="?")
     d.add_argument("--after", help="stop after this pass")
+    d.add_argument("--block", help="print this standard-library block's .arch source")
     c = command("compile", cmd_compile, "export an ONNX model")
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--kv-cache", action="store_true", help="export the decoder-with-past "

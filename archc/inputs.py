@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,7 +57,10 @@ class _Check:
         self.diags.append(Diagnostic(code, message, notes=(f"in {self.source}",), help=help))
 
 
-def validate(graph: Graph, inputs: dict, source: str = "the inputs") -> dict[str, np.ndarray]:
+def validate(graph: Graph, inputs: dict, source: str = "the inputs",
+             states: Collection[str] = ()) -> dict[str, np.ndarray]:
+    """Check and convert `inputs` for `graph`. `states` are inputs a session fills itself (a
+    spec's `state`, the KV cache): they may be left out."""
     c = _Check(source)
     feeds = {}
     for name, node in graph.inputs.items():
@@ -65,7 +69,7 @@ def validate(graph: Graph, inputs: dict, source: str = "the inputs") -> dict[str
             if a is not None and _shape(c, name, node, a):
                 feeds[name] = a
     for name, node in graph.inputs.items():
-        if name not in inputs:
+        if name not in inputs and name not in states:
             fill = default_value(name) if node.type.dtype == "int64" else None
             shape = [size_of(d, c.dims) for d in node.type.shape]
             if fill is None or None in shape:

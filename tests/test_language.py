@@ -332,3 +332,23 @@ def test_reshape_merges_and_splits_symbolic_axes():
     np.testing.assert_array_equal(out["z"], p.reshape(6, 4, 8))
     np.testing.assert_array_equal(out["back"], p)
     np.testing.assert_array_equal(out["flat"], p.reshape(2, -1))
+
+
+def test_dump_prints_a_library_blocks_source(capsys):
+    from archc.cli import main
+
+    assert main(["dump", "--block", "rms_norm"]) == 0
+    out = capsys.readouterr().out
+    assert "block rms_norm(x, eps = 1e-6, unit_offset = false) {" in out
+    assert "# x / sqrt(mean(x^2) + eps) * w" in out
+    assert main(["dump", "--block", "atention"]) == 1
+    assert "did you mean" in capsys.readouterr().err
+
+
+def test_run_incremental_streams_a_state_from_an_npz_of_ids_only(tmp_path):
+    from archc.cli import main
+
+    np.savez(tmp_path / "in.npz", input_ids=_ids(1, 12, 64))
+    assert main(["run", str(SPECS / "txl_memory.arch"), "--inputs", str(tmp_path / "in.npz"),
+                 "--incremental", "8", "--out", str(tmp_path / "o.npz")]) == 0
+    assert np.load(tmp_path / "o.npz")["logits"].shape == (1, 12, 64)

@@ -31,7 +31,11 @@ def library_block(name: str) -> tuple[ast.BlockDef, str] | None:
     for m in stdlib():
         for b in m.blocks:
             if b.name == name:
-                return b, m.source[b.span.start:b.span.end]
+                lines = m.source[:b.span.start].split("\n")[:-1]
+                doc = []
+                while lines and lines[-1].lstrip().startswith("#"):  # its comment, above it
+                    doc.insert(0, lines.pop())
+                return b, "\n".join([*doc, m.source[b.span.start:b.span.end]])
     return None
 
 
