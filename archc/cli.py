@@ -204,6 +204,18 @@ def cmd_stats(args) -> int:  # counts come from the lowered graph: no passes, no
     return 0
 
 
+def cmd_explain(args) -> int:
+    from archc.explain import as_json, explain, render
+    from archc.lower import lower
+
+    if args.seq < 1 or args.depth < 1:
+        raise ArchcError([Diagnostic("E0400", "`--seq` and `--depth` must be at least 1")])
+    lines = explain(lower(_module(args), args.model), args.seq)
+    sys.stdout.write(json.dumps(as_json(lines), indent=2) + "\n" if args.json
+                     else render(lines, args.depth))
+    return 0
+
+
 def cmd_import_hf(args) -> int:
     from archc.hf import import_hf
 
@@ -286,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--strict", action="store_true", help="NaN or infinite weights are an "
                    "error, not a warning")
     h.set_defaults(fn=cmd_import_hf)
+    x = command("explain", cmd_explain, "the spec's layers with shapes, parameters and "
+                "FLOPs per token", opt=False)
+    x.add_argument("--seq", type=int, default=128, help="sequence length for FLOPs")
+    x.add_argument("--depth", type=int, default=2, help="how many levels of nesting to show")
+    x.add_argument("--json", action="store_true")
     s = command("stats", cmd_stats, "exact parameter counts", opt=False)
     s.add_argument("--json", action="store_true")
     return p

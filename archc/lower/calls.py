@@ -206,6 +206,11 @@ class Calls:
         spans = {p: a.span for p, a in zip(params, e.args)} | {k.name: k.value.span
                                                               for k in e.kwargs}
         self.frames.append(Frame(node.name, e.span, spans))
+        record = {"block": node.name, "scope": self.scope.prefix,
+                  "depth": len(self.frames) - 1 + self.repeat_depth,
+                  "in": [str(v.type) for v in values.values() if isinstance(v, Node)],
+                  "params": len(self.graph.params), "library": blk.library}
+        self.graph.meta.setdefault("calls", []).append(record)  # for `archc explain`
         try:
             self.block(node.body)
             result = None
@@ -216,6 +221,9 @@ class Calls:
         finally:
             self.env, self.scope = outer_env, outer_scope
             self.frames.pop()
+            record["params"] = list(self.graph.params)[record["params"]:]
+        if isinstance(result, Node):
+            record["out"] = str(result.type)
         if result is None:
             self.err("E0104", f"block `{node.name}` returns nothing", e.span,
                      "used as a value here", help="end the block with `return x`")

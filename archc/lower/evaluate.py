@@ -68,6 +68,7 @@ class Evaluator(Calls):
         self.naming: str | None = None  # the target of `w = param(...)`
         self.nexts: set[str] = set()  # states given a `next` (even a failed one)
         self.step_params: set[str] = set()  # made in this step of a shared repeat
+        self.repeat_depth = 0  # repeats we are inside (for the call records of `explain`)
         for blk in blocks:
             self.env.vars[blk.name] = BlockValue(blk, self.env, blk.span.file in library)
         diags.locate = self._locate
@@ -261,7 +262,14 @@ class Evaluator(Calls):
             self.scope = Scope(base if s.shared else f"{base}.{i}")
             self.step_params = set() if s.shared else self.step_params
             self.env.vars[s.var] = i
+            record = {"block": "repeat", "scope": f"{base}.{i}", "depth": len(self.frames) +
+                      self.repeat_depth, "in": [], "out": "", "params": len(self.graph.params),
+                      "shared": s.shared}
+            self.graph.meta.setdefault("calls", []).append(record)  # for `archc explain`
+            self.repeat_depth += 1
             self.block(s.body)
+            self.repeat_depth -= 1
+            record["params"] = list(self.graph.params)[record["params"]:]
         self.scope, self.shared, self.step_params = outer, outer_shared, outer_step
         if hidden is _UNSET:
             self.env.vars.pop(s.var, None)
