@@ -58,7 +58,7 @@ def read_bytes(path: str | Path, what: str = "file") -> bytes:
             raise cannot_read(path, _why(e)) from None
 
 
-def decode(data: bytes, path: str | Path, code: str = "E0003") -> str:
+def decode(data: bytes, path: str | Path, code: str = "E0006") -> str:
     """UTF-8 text, or an error located at the first byte that is not UTF-8."""
     try:
         return data.decode("utf-8")

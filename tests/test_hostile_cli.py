@@ -76,7 +76,7 @@ def test_spec_files_are_read_safely(tmp_path, capsys):
     bad.write_bytes(b"model m {\n  let d = 4\xff\n}\n")
     assert main(["check", str(bad)]) == 1
     err = capsys.readouterr().err
-    assert "error[E0003]: `" in err and "is not UTF-8 text: byte 0xff" in err
+    assert "error[E0006]: `" in err and "is not UTF-8 text: byte 0xff" in err
     assert f"--> {bad}:2:12" in err and "Traceback" not in err
     assert main(["check", str(tmp_path)]) == 1
     assert "it is a directory, not a spec file" in capsys.readouterr().err
