@@ -65,7 +65,8 @@ def render(diag: Diagnostic, source: str | None = None) -> str:
     out = [f"{diag.severity}[{diag.code}]: {diag.message}"]
     if diag.span is not None and source is not None:
         line, col = diag.span.line_col(source)
-        text = source.splitlines()[line - 1] if source.splitlines() else ""
+        lines = source.splitlines()
+        text = lines[line - 1] if 0 < line <= len(lines) else ""  # a span at the very end
         shown = col  # the caret's column in the shown text
         if len(text) > MAX_SHOWN:  # a window around the span of a very long line
             cut = max(0, col - 1 - MAX_SHOWN // 2)

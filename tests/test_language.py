@@ -352,3 +352,15 @@ def test_run_incremental_streams_a_state_from_an_npz_of_ids_only(tmp_path):
     assert main(["run", str(SPECS / "txl_memory.arch"), "--inputs", str(tmp_path / "in.npz"),
                  "--incremental", "8", "--out", str(tmp_path / "o.npz")]) == 0
     assert np.load(tmp_path / "o.npz")["logits"].shape == (1, 12, 64)
+
+
+def test_huge_dims_and_layer_counts_are_refused():
+    with pytest.raises(ArchcError, match="is too large"):
+        archc.compile(archc.parse("model m { let d = 10 ** 27 input x: float32[batch, 4] "
+                                  "output y = linear(x, d) }"))
+    with pytest.raises(ArchcError, match="not a number archc can use"):
+        archc.compile(archc.parse("model m { let d = 1000 input x: float32[4] "
+                                  "output y = x * exp(d) }"))
+    text = (SPECS / "llama_tiny.arch").read_text().replace("layers = 4", "layers = 4000")
+    with pytest.raises(ArchcError, match="more than 100,000 graph nodes"):
+        archc.compile(archc.parse(text))

@@ -32,6 +32,7 @@ from archc.lower.signature import POISON, SymDim, describe
 
 MAX_REPEAT = 4096
 MAX_EXPANSIONS = 100_000  # block calls and repeat steps per model, all nesting counted
+MAX_NODES = 100_000  # graph nodes per model (an 80-layer LLaMA has about 16,000)
 
 
 _UNSET = object()
@@ -278,6 +279,11 @@ class Evaluator(Calls):
 
     def _spend(self, span: Span) -> bool:
         self.expansions += 1
+        if self.expansions <= MAX_EXPANSIONS and len(self.graph) > MAX_NODES:
+            self.expansions = MAX_EXPANSIONS + 1
+            self.err("E0108", f"the model has more than {MAX_NODES:,} graph nodes", span,
+                     "the budget runs out here", help="reduce the layer counts")
+            return False
         if self.expansions == MAX_EXPANSIONS + 1:
             self.err("E0108", f"the model expands more than {MAX_EXPANSIONS:,} blocks and "
                      "repeat steps", span, "the budget runs out here",

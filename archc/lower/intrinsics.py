@@ -22,6 +22,8 @@ from archc.lower.signature import Arg, ModuleRef, Rope, SymDim, Word, describe
 
 T = "tensor"
 INITS = ("xavier", "he", "normal", "ones", "zeros")
+MAX_PARAM_DIM = 2**40
+MAX_PARAM_ELEMENTS = 2**44  # 64 Ti values: past any real layer, short of int64 overflow
 ROLES = ("other", "token_embedding", "position_embedding", "token_type_embedding", "head")
 
 
@@ -39,6 +41,10 @@ def param(b: LayerBuilder, dims, init, std, role):
         bad = next((d for d in dims if not isinstance(d, int) or d <= 0), None)
         b.fail("E0200", f"parameter `{name}` needs positive integer dims", "here",
                help=f"got {describe(bad)}" if dims else "give at least one dim")
+    if numel(tuple(min(d, MAX_PARAM_DIM) for d in dims)) > MAX_PARAM_ELEMENTS or \
+            max(dims) > MAX_PARAM_DIM:
+        b.fail("E0200", f"parameter `{name}` {list(dims)} is too large", "here",
+               help=f"a parameter holds at most {MAX_PARAM_ELEMENTS:,} values")
     rule = f"normal:{std}" if init == "normal" else init
     return b.param(name, tuple(dims), rule, role=role)
 

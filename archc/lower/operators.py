@@ -54,8 +54,11 @@ def numeric(ev, op: str, a, b, span):
 
 def finite(ev, fn, v, span):
     """fn(v) for a compile-time function such as sqrt(d); inf or nan is an error."""
-    with np.errstate(all="ignore"):
-        out = float(fn(v))
+    try:
+        with np.errstate(all="ignore"):
+            out = float(fn(float(v)))
+    except (OverflowError, TypeError):  # an integer past float range
+        out = math.inf
     if not math.isfinite(out):
         ev.err("E0111", f"this gives {out}, not a number archc can use", span, "here")
         return POISON
