@@ -2,6 +2,10 @@
 
 `total` counts each parameter once (a tied head or a shared layer once); `with_duplicates`
 counts it once per layer that uses it. The four buckets sum to `total`.
+
+Buffers are tensors a checkpoint stores but does not train: the `final_logits_bias` of BART,
+Marian, Pegasus and mBART (the library block `logits_bias` names it so). Frameworks do not
+count them as parameters, so neither does `total`: they are reported as `buffers`.
 """
 
 from __future__ import annotations
@@ -16,13 +20,21 @@ BUCKETS = {
     "head": "untied output head",
     "other": "non-embedding",
 }
+BUFFERS = ("final_logits_bias",)  # parameter names (last component) that are buffers
+
+
+def is_buffer(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in BUFFERS
 
 
 def param_stats(graph: Graph) -> dict:
     buckets = dict.fromkeys(BUCKETS.values(), 0)
-    total = dup = 0
+    total = dup = buffers = 0
     for name, p in graph.params.items():
         n = numel(p.type.shape)
+        if is_buffer(name):
+            buffers += n
+            continue
         total += n
         dup += n * max(1, graph.param_uses.get(name, 1))
         buckets[BUCKETS[p.attrs.get("role", "other")]] += n
@@ -33,7 +45,7 @@ def param_stats(graph: Graph) -> dict:
     kv = graph.meta.get("kv_per_token", 0)
     return {"model": graph.name, "parameters": total, "with_duplicates": dup,
             "active_per_token": total - sum(idle.values()), "tensors": len(graph.params),
-            "breakdown": buckets,
+            "breakdown": buckets, "buffers": buffers,
             "kv_cache_bytes_per_token": {"float32": 4 * kv, "float16": 2 * kv}}
 
 
@@ -44,6 +56,8 @@ def format_stats(s: dict) -> str:
             ("active per token", s["active_per_token"], "  (mixture of experts: top-k only)"),
             ("tensors", s["tensors"], "")]
     rows += [(f"  {k}", v, "") for k, v in s["breakdown"].items()]
+    if s["buffers"]:
+        rows.append(("buffers", s["buffers"], "  (stored, not trained: not parameters)"))
     rows += [("KV cache bytes/token", kv["float32"], f"  (float32; float16: {kv['float16']:,})")]
     width = max(len(r[0]) for r in rows)
     lines = [f"model {s['model']}"]

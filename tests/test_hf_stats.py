@@ -62,3 +62,55 @@ def test_published_encoder_counts(tmp_path, config, total):
     import_hf(tmp_path, tmp_path / "out", config_only=True)
     s = param_stats(archc.lower(archc.parse_file(tmp_path / "out" / "model.arch")))
     assert s["parameters"] == total
+
+
+# Published configs of today's decoders; each count equals transformers' own (the model built on
+# the meta device, tied weights once) and, where the card gives one, the published number
+# (Llama-3.1-8B 8,030,261,248; Phi-3-mini 3,821,079,552; Qwen3-8B "8.2B, 6.95B non-embedding").
+LLAMA31_8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256,
+              "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+              "max_position_embeddings": 131072, "rope_theta": 500000.0,
+              "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+              "tie_word_embeddings": False, "hidden_act": "silu", "head_dim": 128}
+QWEN3_8B = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936,
+            "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+            "rms_norm_eps": 1e-06, "max_position_embeddings": 40960, "rope_theta": 1000000,
+            "rope_scaling": None, "tie_word_embeddings": False, "use_sliding_window": False,
+            "sliding_window": None, "max_window_layers": 36, "hidden_act": "silu"}
+GEMMA3_4B_TEXT = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+                  "vocab_size": 262208, "hidden_size": 2560, "intermediate_size": 10240,
+                  "num_hidden_layers": 34, "num_attention_heads": 8, "num_key_value_heads": 4,
+                  "head_dim": 256, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
+                  "sliding_window": 1024, "sliding_window_pattern": 6,
+                  "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+                  "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                  "max_position_embeddings": 131072, "hidden_activation": "gelu_pytorch_tanh"}
+OLMO2_7B = {"architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", "vocab_size": 100352,
+            "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-06,
+            "max_position_embeddings": 4096, "rope_theta": 500000, "rope_scaling": None,
+            "tie_word_embeddings": False, "attention_bias": False, "hidden_act": "silu"}
+PHI3_MINI = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "vocab_size": 32064,
+             "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-05,
+             "max_position_embeddings": 4096, "original_max_position_embeddings": 4096,
+             "rope_theta": 10000.0, "rope_scaling": None, "sliding_window": 2047,
+             "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+@pytest.mark.parametrize("config, total, kv_bytes", [
+    (LLAMA31_8B, 8_030_261_248, 32 * 2 * 8 * 128 * 4),
+    (QWEN3_8B, 8_190_735_360, 36 * 2 * 8 * 128 * 4),
+    (GEMMA3_4B_TEXT, 3_880_263_168, 34 * 2 * 4 * 256 * 4),
+    (OLMO2_7B, 7_298_617_344, 32 * 2 * 4096 * 4),
+    (PHI3_MINI, 3_821_079_552, 32 * 2 * 3072 * 4),
+], ids=["llama-3.1-8b", "qwen3-8b", "gemma-3-4b-text", "olmo-2-7b", "phi-3-mini"])
+def test_published_counts_of_todays_decoders(tmp_path, config, total, kv_bytes):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    import_hf(tmp_path, tmp_path / "out", config_only=True)
+    s = param_stats(archc.lower(archc.parse_file(tmp_path / "out" / "model.arch")))
+    assert s["parameters"] == s["active_per_token"] == total
+    assert s["kv_cache_bytes_per_token"]["float32"] == kv_bytes

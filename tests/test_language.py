@@ -268,7 +268,7 @@ def test_budgets_stop_runaway_specs():
     with pytest.raises(ArchcError, match="nest deeper"):
         archc.compile(archc.parse(fan))
     nested = ("model m { input x: float32[1] repeat 4096 as a { repeat 4096 as b { "
-              "x = x + 1 } } output y = x }")
+              "if b < 0 { x = x + 1 } } } output y = x }")  # steps that add no nodes
     with pytest.raises(ArchcError, match="more than 100,000 blocks and repeat steps"):
         archc.compile(archc.parse(nested))
 

@@ -49,6 +49,69 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "opt": ("OPTForCausalLM", dict(vocab_size=96, hidden_size=32, num_hidden_layers=2,
                                    num_attention_heads=4, ffn_dim=48, max_position_embeddings=64,
                                    word_embed_proj_dim=32)),
+    # Today's families: each distinctive feature switched on and observable at these sizes
+    # (rope scalings that move the frequencies of an 8- or 16-dim head within 9 positions,
+    # windows shorter than the sequence, multipliers != 1).
+    "qwen3": ("Qwen3ForCausalLM", dict(COMMON, num_key_value_heads=2, head_dim=16,
+                                       rope_parameters=dict(rope_type="yarn", rope_theta=10000.0,
+                                                            factor=4.0,
+                                                            original_max_position_embeddings=16))),
+    "olmo2": ("Olmo2ForCausalLM", dict(COMMON, num_key_value_heads=2, rope_parameters=dict(
+        rope_type="linear", rope_theta=10000.0, factor=2.0))),
+    "gemma3_text": ("Gemma3ForCausalLM", dict(
+        COMMON, num_hidden_layers=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
+        query_pre_attn_scalar=24, layer_types=["sliding_attention", "sliding_attention",
+                                               "full_attention", "sliding_attention"],
+        rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=10.0),
+                         "full_attention": dict(rope_type="linear", rope_theta=1000.0,
+                                                factor=4.0)})),
+    "phi3": ("Phi3ForCausalLM", dict(
+        COMMON, num_key_value_heads=2, sliding_window=5, original_max_position_embeddings=6,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5,
+                             short_factor=[1.0, 1.5], long_factor=[3.0, 7.0]))),
+    "granite": ("GraniteForCausalLM", dict(
+        COMMON, num_key_value_heads=2, embedding_multiplier=3.0, attention_multiplier=0.2,
+        residual_multiplier=0.5, logits_scaling=4.0)),
+    "cohere": ("CohereForCausalLM", dict(COMMON, num_key_value_heads=2, logit_scale=0.5,
+                                         use_qk_norm=True)),
+    "cohere2": ("Cohere2ForCausalLM", dict(COMMON, num_hidden_layers=4, num_key_value_heads=2,
+                                           logit_scale=0.5, sliding_window=4,
+                                           layer_types=["sliding_attention", "full_attention",
+                                                        "sliding_attention", "full_attention"])),
+    "starcoder2": ("Starcoder2ForCausalLM", dict(COMMON, num_key_value_heads=2, sliding_window=4,
+                                                 use_bias=True)),
+    "stablelm": ("StableLmForCausalLM", dict(COMMON, num_key_value_heads=2,
+                                             partial_rotary_factor=0.5, use_qkv_bias=True,
+                                             qk_layernorm=True)),
+    "smollm3": ("SmolLM3ForCausalLM", dict(COMMON, num_key_value_heads=2, num_hidden_layers=4,
+                                           no_rope_layer_interval=2, pad_token_id=0,
+                                           bos_token_id=1, eos_token_id=2)),
+    "glm4": ("Glm4ForCausalLM", dict(COMMON, num_key_value_heads=2, head_dim=16,
+                                     partial_rotary_factor=0.5, attention_bias=True,
+                                     pad_token_id=0, eos_token_id=2)),
+}
+# Fixtures of a family with other options: name -> (model_type, class, config).
+VARIANTS: dict[str, tuple[str, str, dict]] = {
+    "phi_qk_layernorm": ("phi", "PhiForCausalLM", dict(COMMON, partial_rotary_factor=0.5,
+                                                       qk_layernorm=True)),
+    "bloom_post_ln": ("bloom", "BloomForCausalLM", dict(
+        vocab_size=96, hidden_size=32, n_layer=2, n_head=4,
+        apply_residual_connection_post_layernorm=True)),
+    "opt_350m": ("opt", "OPTForCausalLM", dict(
+        vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=48,
+        max_position_embeddings=64, word_embed_proj_dim=24, do_layer_norm_before=False)),
+    "llama3": ("llama", "LlamaForCausalLM", dict(
+        COMMON, num_key_value_heads=2, rope_parameters=dict(
+            rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
+            high_freq_factor=4.0, original_max_position_embeddings=64))),
+    "llama_dynamic": ("llama", "LlamaForCausalLM", dict(
+        COMMON, num_key_value_heads=2, max_position_embeddings=6, rope_parameters=dict(
+            rope_type="dynamic", rope_theta=10000.0, factor=3.0))),
+    "stablelm_parallel": ("stablelm", "StableLmForCausalLM", dict(
+        COMMON, num_hidden_layers=3, num_key_value_heads=4, use_parallel_residual=True,
+        rope_parameters=dict(rope_type="default", rope_theta=500.0,
+                             partial_rotary_factor=0.25))),
 }
 
 # Encoders and encoder-decoders: padding at the END of row 1 (as tokenizers pad them).
@@ -182,6 +245,8 @@ def make(family: str, seed: int = 0) -> None:
 
     if family in ENCODERS:
         model_type, arch, kwargs = ENCODERS[family]
+    elif family in VARIANTS:
+        model_type, arch, kwargs = VARIANTS[family]
     else:
         model_type, (arch, kwargs) = family, FAMILIES[family]
     cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
@@ -199,5 +264,5 @@ def make(family: str, seed: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    for fam in sys.argv[1:] or [*FAMILIES, *ENCODERS]:
+    for fam in sys.argv[1:] or [*FAMILIES, *VARIANTS, *ENCODERS]:
         make(fam)

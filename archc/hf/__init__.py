@@ -18,9 +18,12 @@ from archc.hf.config import HFConfig
 from archc.hf.tensors import Tensors
 from archc.weights import nonfinite_weights
 
-DECODERS = ("bloom", "falcon", "gemma", "gemma2", "gpt2", "gpt_neox", "gptj", "llama",
-            "mistral", "mixtral", "opt", "phi", "qwen2")
-ENCODERS = ("bart", "bert", "longformer", "roberta", "t5")
+DECODERS = ("bloom", "cohere", "cohere2", "falcon", "gemma", "gemma2", "gemma3_text", "glm4",
+            "gpt2", "gpt_neox", "gptj", "granite", "llama", "mistral", "mixtral", "opt", "phi",
+            "phi3", "qwen2", "qwen3", "olmo2", "smollm3", "stablelm", "starcoder2", "qwen2_moe",
+            "qwen3_moe", "deepseek_v3", "gpt_oss", "deepseek_v2")
+ENCODERS = ("bart", "bert", "deberta-v2", "distilbert", "electra", "longformer", "marian",
+            "mbart", "modernbert", "mt5", "pegasus", "roberta", "t5", "xlm-roberta")
 FAMILIES = DECODERS + ENCODERS
 # Buffers some checkpoints carry that are not parameters (causal masks, rotary caches).
 _BUFFERS = ("attn.bias", "attn.masked_bias", "rotary_emb.inv_freq", "embeddings.position_ids")

@@ -1,24 +1,22 @@
 """bloom: ALiBi instead of positions, LayerNorm on the embeddings, fused qkv interleaved per
-head, GELU (tanh) MLP, tied head."""
+head, GELU (tanh) MLP, tied head; with `apply_residual_connection_post_layernorm` each residual
+is taken after the norm (x = h + f(h), h = norm(x))."""
 
 from __future__ import annotations
 
-from archc.diagnostics import ArchcError, Diagnostic
 from archc.hf import common, llama
 from archc.hf.decoder import Decoder
 
 
 def describe(c, tensors=None):
-    if c.get("apply_residual_connection_post_layernorm", default=False):
-        raise ArchcError([Diagnostic("E0504", "bloom with `apply_residual_connection_post_"
-                                     "layernorm` is not supported")])
     d = c.get("hidden_size", "n_embed")
     return Decoder(
         name="bloom", vocab=c.get("vocab_size"), d=d, heads=c.get("n_head", "num_attention_heads"),
         layers=c.get("n_layer", "num_hidden_layers"), ff=4 * d,
         eps=float(c.get("layer_norm_epsilon", default=1e-5)), norm="layer_norm",
         embed_norm=True, alibi=True, qkv_bias=True, out_bias=True, ffn="mlp", act="gelu_tanh",
-        ffn_bias=True, head=llama.head_kind(c, True))
+        ffn_bias=True, head=llama.head_kind(c, True),
+        residual_from_norm=c.get("apply_residual_connection_post_layernorm", default=False))
 
 
 def weights(c, dec, t):

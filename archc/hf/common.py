@@ -89,6 +89,6 @@ def mlp(out: Weights, t: Tensors, hf: str, name: str, dec: Decoder, proj=("fc1",
 
 def head(out: Weights, t: Tensors, dec: Decoder, hf: str = "lm_head") -> None:
     if dec.head == "untied":
-        out["lm_head.weight"] = t.linear(f"{hf}.weight", dec.d, dec.vocab)
+        out["lm_head.weight"] = t.linear(f"{hf}.weight", dec.embed_dim or dec.d, dec.vocab)
     if dec.head != "none" and dec.head_bias:
         out["lm_head.bias"] = t.take(f"{hf}.bias", (dec.vocab,))

@@ -36,6 +36,10 @@ _KINDS = {  # kind -> (check, what is expected)
                                                     for x in v), "a list of names"),
     "window": (lambda v: _size(v) or (isinstance(v, list) and bool(v) and all(map(_size, v))),
                "a positive integer or a list of them"),
+    "floats": (lambda v: isinstance(v, list) and 0 < len(v) <= 4096 and all(
+        _num(x) and x > 0 for x in v), "a list of positive numbers"),
+    "flags": (lambda v: isinstance(v, list) and 0 < len(v) <= 4096 and all(
+        _int(x) and x in (0, 1) for x in v), "a list of 0s and 1s"),
 }
 _FIELDS_BY_KIND = {
     "size": "vocab_size hidden_size n_embd n_embed num_attention_heads n_head num_heads "
@@ -45,21 +49,33 @@ _FIELDS_BY_KIND = {
             "decoder_attention_heads encoder_ffn_dim decoder_ffn_dim encoder_layers "
             "decoder_layers num_local_experts num_experts_per_tok type_vocab_size rotary_dim "
             "relative_attention_num_buckets relative_attention_max_distance sliding_window "
-            "num_ln_in_parallel_attn word_embed_proj_dim",
+            "num_ln_in_parallel_attn word_embed_proj_dim original_max_position_embeddings "
+            "sliding_window_pattern no_rope_layer_interval",
     "index": "pad_token_id",
     "float": "layer_norm_eps layer_norm_epsilon rms_norm_eps attn_logit_softcapping "
-             "final_logit_softcapping",
-    "positive": "rope_theta rotary_emb_base query_pre_attn_scalar",
+             "final_logit_softcapping norm_epsilon mscale mscale_all_dim",
+    "positive": "rope_theta rotary_emb_base query_pre_attn_scalar factor low_freq_factor "
+                "high_freq_factor beta_fast beta_slow attention_factor rope_local_base_freq "
+                "embedding_multiplier attention_multiplier residual_multiplier "
+                "logits_scaling logit_scale",
     "fraction": "partial_rotary_factor rotary_pct",
     "bool": "attention_bias mlp_bias alibi apply_residual_connection_post_layernorm bias "
             "do_layer_norm_before enable_bias multi_query new_decoder_architecture "
             "parallel_attn qk_layernorm scale_decoder_outputs scale_embedding "
-            "tie_word_embeddings use_parallel_residual use_sliding_window",
+            "tie_word_embeddings use_parallel_residual use_sliding_window truncate use_qk_norm "
+            "use_bias use_qkv_bias",
     "name": "model_type hidden_act hidden_activation activation_function activation "
-            "feed_forward_proj position_embedding_type rope_type",
+            "feed_forward_proj position_embedding_type rope_type type",
     "names": "architectures layer_types",
     "window": "attention_window",
+    "floats": "short_factor long_factor",
+    "flags": "no_rope_layers",
 }
+_SCALINGS = ("linear", "dynamic", "llama3", "yarn", "longrope")
+_SCALING_FIELDS = {"linear": (), "dynamic": (), "llama3": ("low_freq_factor", "high_freq_factor"),
+                   "yarn": ("beta_fast", "beta_slow", "attention_factor", "mscale",
+                            "mscale_all_dim", "truncate"),
+                   "longrope": ("attention_factor", "short_factor", "long_factor")}
 FIELDS = {f: kind for kind, names in _FIELDS_BY_KIND.items() for f in names.split()}
 
 
@@ -155,6 +171,53 @@ class HFConfig:
         if default is _MISSING:
             raise ArchcError([Diagnostic("E0501", f"`{self.path}` has no `{key}`")])
         return default
+
+    def rope_options(self, layer_type: str | None = None, theta: float = 10000.0,
+                     fraction: float = 1.0) -> dict:
+        """The options of archc's `rope(...)` for this config: theta, fraction, and a scaling
+        with its parameters. transformers 5 keeps them in `rope_parameters` (nested per layer
+        type in some families), 4.x in `rope_theta` and `rope_scaling` (`type` or `rope_type`),
+        with Phi-3's `original_max_position_embeddings` at the top level; the defaults are
+        transformers' (`standardize_rope_params`, `modeling_rope_utils`)."""
+        params = self.data.get("rope_parameters")
+        if isinstance(params, dict) and isinstance(params.get(layer_type), dict):
+            params = params[layer_type]
+        holders = [h for h in (params, self.data.get("rope_scaling"), self.data)
+                   if isinstance(h, dict)]
+
+        def field(key, default=None):
+            for h in holders:
+                if h.get(key) is not None:
+                    return self.checked(key, h[key])
+            return default
+
+        out = {"theta": float(field("rope_theta", theta)),
+               "fraction": float(field("partial_rotary_factor", fraction))}
+        kind = field("rope_type") or field("type") or "default"
+        if kind == "default":
+            return out
+        if kind not in _SCALINGS:
+            raise ArchcError([Diagnostic("E0502", f"rope scaling `{kind}` is not supported yet",
+                                         help=f"supported: {', '.join(_SCALINGS)}")])
+        out["scaling"] = kind
+        max_pos = self.get("max_position_embeddings", default=None)
+        if kind == "dynamic":
+            out["max_pos"] = max_pos or self.get("max_position_embeddings")
+        if kind in ("llama3", "yarn", "longrope"):  # the top-level one wins (Phi-3)
+            top = self.data.get("original_max_position_embeddings")
+            out["original_max"] = self.checked("original_max_position_embeddings", top) if top \
+                else field("original_max_position_embeddings", max_pos)
+        factor = field("factor")
+        if factor is None and kind in ("yarn", "longrope") and out.get("original_max"):
+            factor = (max_pos or 0) / out["original_max"]
+        if factor is not None:
+            out["factor"] = float(factor)
+        for key in _SCALING_FIELDS[kind]:
+            if field(key) is not None:
+                value = field(key)
+                out[key] = [float(v) for v in value] if isinstance(value, list) else \
+                    value if isinstance(value, bool) else float(value)
+        return out
 
     def check_rope_type(self) -> None:
         kind = self.rope("rope_type", "default")

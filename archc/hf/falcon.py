@@ -11,7 +11,6 @@ from archc.hf.decoder import Decoder
 def describe(c, tensors=None):
     if c.get("alibi", default=False):
         raise ArchcError([Diagnostic("E0504", "falcon with `alibi` is not supported yet")])
-    c.check_rope_type()
     d, heads = c.get("hidden_size"), c.get("num_attention_heads")
     new = c.get("new_decoder_architecture", default=False)
     kv = c.get("num_kv_heads", default=heads) if new else \
@@ -23,7 +22,7 @@ def describe(c, tensors=None):
         name="falcon", vocab=c.get("vocab_size"), d=d, heads=heads,
         layers=c.get("num_hidden_layers"), ff=c.get("ffn_hidden_size", default=None) or 4 * d,
         eps=float(c.get("layer_norm_epsilon", default=1e-5)), norm="layer_norm", kv_heads=kv,
-        rope={"theta": c.rope("rope_theta", 10000.0)}, qkv_bias=bias, out_bias=bias,
+        rope=c.rope_options(), qkv_bias=bias, out_bias=bias,
         block=("parallel_two_norms" if two_norms else "parallel") if new or parallel
         else "sequential",
         ffn="mlp", act=llama.act(c.get("activation", default="gelu")), ffn_bias=bias,

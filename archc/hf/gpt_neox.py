@@ -8,15 +8,14 @@ from archc.hf.decoder import Decoder
 
 
 def describe(c, tensors=None):
-    c.check_rope_type()
     d, heads = c.get("hidden_size"), c.get("num_attention_heads")
     bias = c.get("attention_bias", default=True)
     return Decoder(
         name="gpt_neox", vocab=c.get("vocab_size"), d=d, heads=heads,
         layers=c.get("num_hidden_layers"), ff=c.get("intermediate_size"),
         eps=float(c.get("layer_norm_eps", default=1e-5)), norm="layer_norm",
-        rope={"theta": c.rope("rope_theta", c.get("rotary_emb_base", default=10000.0)),
-              "fraction": c.rope("partial_rotary_factor", c.get("rotary_pct", default=0.25))},
+        rope=c.rope_options(theta=c.get("rotary_emb_base", default=10000.0),
+                            fraction=c.get("rotary_pct", default=0.25)),
         qkv_bias=bias, out_bias=bias,
         block="parallel_two_norms" if c.get("use_parallel_residual", default=True)
         else "sequential",

@@ -2,7 +2,8 @@
 computed once per stack and shared by its layers, no 1/sqrt(d) score scaling, ReLU FFN (or
 gated GELU for T5 v1.1: `wi_0`, `wi_1`), cross-attention, and a head tied to the shared
 embedding with the d_model^-0.5 output scale (v1.1: no scale; untied when the checkpoint has
-its own `lm_head.weight`)."""
+its own `lm_head.weight`). mt5 is the same model with a larger vocabulary (its module reuses
+this one)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ def _head(c: HFConfig, has_lm_head: bool | None) -> tuple[bool, bool]:
     return tied, bool(scaled)
 
 
-def spec(c: HFConfig, has_lm_head: bool | None = None) -> str:
+def spec(c: HFConfig, has_lm_head: bool | None = None, scaled: bool | None = None) -> str:
     s = _shape(c)
-    tied, scaled = _head(c, has_lm_head)
+    tied, scaled_by_config = _head(c, has_lm_head)
+    scaled = scaled_by_config if scaled is None else scaled
     attn = "heads, head_dim = d_kv, bias = false, scale = 1"
     ffn = (f"glu(h, ff, act = {s['act']}, bias = false)" if s["gated"] else
            f"mlp(h, ff, act = {s['act']}, bias = false)")
@@ -43,7 +45,7 @@ def spec(c: HFConfig, has_lm_head: bool | None = None) -> str:
     return "\n".join([
         f"# {c.architecture or 't5'} imported from a Hugging Face checkpoint by "
         "`archc import-hf`.",
-        "model t5 {",
+        f"model {c.model_type} {{",
         f"  let vocab = {s['vocab']}, d = {s['d']}, heads = {s['heads']}, d_kv = {s['d_kv']}, "
         f"ff = {s['ff']}, eps = {s['eps']!r},",
         f"      layers = {s['layers']}, decoder_layers = {s['dec_layers']}, "

@@ -23,7 +23,7 @@ from archc.lower.signature import Arg, ModuleRef, Rope, SymDim, Word, describe
 T = "tensor"
 INITS = ("xavier", "he", "normal", "ones", "zeros")
 MAX_PARAM_DIM = 2**40
-MAX_PARAM_ELEMENTS = 2**44  # 64 Ti values: past any real layer, short of int64 overflow
+MAX_PARAM_ELEMENTS = 2**52  # past any real layer (stats may count giants), short of int64 overflow
 ROLES = ("other", "token_embedding", "position_embedding", "token_type_embedding", "head")
 
 

@@ -180,7 +180,7 @@ def _variadic(exprs, ev) -> Any:
 def _convert(arg: Arg, expr: ast.Expr, ev) -> Any:
     word = None
     if arg.kind == "enum" and isinstance(expr, ast.Name | ast.String) and not (
-            isinstance(expr, ast.Name) and expr.id in ev.env):
+            isinstance(expr, ast.Name) and expr.id in ev.env and expr.id not in arg.choices):
         word = expr.id if isinstance(expr, ast.Name) else expr.value
     elif arg.kind == "enum":  # a block passing its own option on: `init = init`
         value = ev.eval(expr)
