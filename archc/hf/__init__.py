@@ -22,8 +22,8 @@ DECODERS = ("bloom", "cohere", "cohere2", "falcon", "gemma", "gemma2", "gemma3_t
             "gpt2", "gpt_neox", "gptj", "granite", "llama", "mistral", "mixtral", "opt", "phi",
             "phi3", "qwen2", "qwen3", "olmo2", "smollm3", "stablelm", "starcoder2", "qwen2_moe",
             "qwen3_moe", "deepseek_v3", "gpt_oss", "deepseek_v2")
-ENCODERS = ("bart", "bert", "deberta-v2", "distilbert", "electra", "longformer", "marian",
-            "mbart", "modernbert", "mt5", "pegasus", "roberta", "t5", "xlm-roberta")
+ENCODERS = ("bart", "bert", "big_bird", "deberta-v2", "distilbert", "electra", "longformer",
+            "marian", "mbart", "modernbert", "mt5", "pegasus", "roberta", "t5", "xlm-roberta")
 FAMILIES = DECODERS + ENCODERS
 # Buffers some checkpoints carry that are not parameters (causal masks, rotary caches).
 _BUFFERS = ("attn.bias", "attn.masked_bias", "rotary_emb.inv_freq", "embeddings.position_ids")
