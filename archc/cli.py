@@ -195,11 +195,12 @@ def _token_ids(text: str) -> np.ndarray:
     return np.array([ids], np.int64)
 
 
-def cmd_stats(args) -> int:  # counts come from the lowered graph: no passes, no weights
+def cmd_stats(args) -> int:  # counts and FLOPs from the lowered graph; activations after -O
     from archc.lower import lower
-    from archc.stats import format_stats, param_stats
+    from archc.stats import format_stats, full_stats
 
-    stats = param_stats(lower(api.parse_file(args.spec), args.model))
+    stats = full_stats(lower(api.parse_file(args.spec), args.model), args.seq, args.batch,
+                       args.opt)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     return 0
 
@@ -213,6 +214,19 @@ def cmd_explain(args) -> int:
     lines = explain(lower(_module(args), args.model), args.seq)
     sys.stdout.write(json.dumps(as_json(lines), indent=2) + "\n" if args.json
                      else render(lines, args.depth))
+    return 0
+
+
+def cmd_viz(args) -> int:
+    from archc.lower import lower
+    from archc.viz import html, svg
+
+    if not args.output.endswith((".svg", ".html")):
+        raise ArchcError([Diagnostic("E0400", f"`-o {args.output}`: write a .svg or .html file")])
+    graph = lower(_module(args), args.model)
+    text = html(graph) if args.output.endswith(".html") else svg(graph)
+    write_file(args.output, text.encode("utf-8"))
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -303,7 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seq", type=int, default=128, help="sequence length for FLOPs")
     x.add_argument("--depth", type=int, default=2, help="how many levels of nesting to show")
     x.add_argument("--json", action="store_true")
-    s = command("stats", cmd_stats, "exact parameter counts", opt=False)
+    v = command("viz", cmd_viz, "an architecture diagram (SVG, or HTML around it)", opt=False)
+    v.add_argument("-o", "--output", required=True, help="a .svg or .html file to write")
+    s = command("stats", cmd_stats, "exact parameter counts, FLOPs per token, weight, KV-cache "
+                "and peak activation bytes")
+    s.add_argument("--seq", type=_count(1), default=2048, help="context length (default 2048)")
+    s.add_argument("--batch", type=_count(1), default=1, help="batch for the KV cache and "
+                   "activations (default 1)")
     s.add_argument("--json", action="store_true")
     return p
 

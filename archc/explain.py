@@ -7,7 +7,8 @@ index (`layers.0.attn`, `layers.1.attn`, ...) prints once with ×N; calls that d
 they do (an interleaved local layer next to a global one) print separately.
 
 FLOPs count 2·m·n·k per matmul (the projections, and the attention scores and mixing at the
-given sequence length), for a batch of one, divided by the sequence length.
+given sequence length), for a batch of one, divided by the sequence length; a mixture of
+experts' expert matmuls count top_k/experts of their dense cost (`archc.stats.matmul_flops`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from archc.ir.graph import Graph, Node
+from archc.ir.graph import Graph
 from archc.ir.types import numel
+from archc.stats import matmul_flops
 
 
 @dataclass
@@ -112,18 +114,12 @@ def _scale(line: Line, factor: float) -> None:
 
 
 def _flops_by_scope(graph: Graph, seq: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for n in graph.nodes():
-        if n.kind == "op" and n.op == "matmul":
-            out[n.scope] = out.get(n.scope, 0.0) + _matmul_flops(n, seq) / seq
-    return out
-
-
-def _matmul_flops(n: Node, seq: int) -> float:
     def size(d) -> int:
         return d if isinstance(d, int) else 1 if d == "batch" else seq
-    k = size(n.inputs[0].type.shape[-1])
-    return 2.0 * k * float(numel(tuple(size(d) for d in n.type.shape)))
+    out: dict[str, float] = {}
+    for n, flops, _ in matmul_flops(graph, size):  # shared with `archc stats`
+        out[n.scope] = out.get(n.scope, 0.0) + flops / seq
+    return out
 
 
 def render(lines: list[Line], max_depth: int = 2) -> str:
