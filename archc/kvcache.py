@@ -82,14 +82,19 @@ class Session:
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None):
         """Run the new tokens `input_ids` [B, T]; `attention_mask` [B, T] marks which of them
         are real (default: all). Returns the graph's first output for them."""
-        input_ids = np.asarray(input_ids, np.int64)
+        input_ids = np.asarray(input_ids)  # converted (or refused) by `validate`
         new = np.ones(input_ids.shape, np.int64) if attention_mask is None else \
             np.asarray(attention_mask, np.int64)
-        self.mask = new if self.mask is None else np.concatenate([self.mask, new], axis=1)
-        feeds = {self.ids_name: input_ids, **self.context, **self.past}
+        mask = new if self.mask is None else np.concatenate([self.mask, new], axis=1)
+        feeds = {self.ids_name: input_ids, **self.context}
         if self.mask_name in self.graph.inputs:
-            feeds[self.mask_name] = self.mask
-        out = self.run(feeds)
+            feeds[self.mask_name] = mask
+        from archc.inputs import validate  # the same checks as a full run, states aside
+
+        feeds = {k: v for k, v in validate(self.graph, feeds, "the session's inputs",
+                                           self.states).items() if k not in self.states}
+        out = self.run({**feeds, **self.past})
+        self.mask = mask  # only a step that ran moves the session on
         self.past = {name: out[result] for name, result in self.states.items()}
         return out[self.output]
 

@@ -364,3 +364,14 @@ def test_huge_dims_and_layer_counts_are_refused():
     text = (SPECS / "llama_tiny.arch").read_text().replace("layers = 4", "layers = 4000")
     with pytest.raises(ArchcError, match="more than 100,000 graph nodes"):
         archc.compile(archc.parse(text))
+
+
+def test_a_session_refuses_bad_ids_like_a_full_run():
+    text = (SPECS / "custom_attention.arch").read_text()
+    g = archc.optimize(lower(archc.parse(text, "custom.arch"), cache=True))
+    s = Session(g, archc.init_params(g, 0))
+    s.prefill(_ids(1, 3, 256))
+    for bad in (np.array([[256]]), np.array([[-1]]), np.array([[0.5]])):
+        with pytest.raises(ArchcError, match=r"E031[25]"):
+            s.step(bad)
+    assert s.step(np.array([[5]])).shape == (1, 1, 256)  # the session is still usable
