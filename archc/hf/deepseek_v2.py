@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from archc.diagnostics import ArchcError, Diagnostic
 from archc.hf.config import HFConfig
-from archc.hf.deepseek_v3 import mla_layer, mla_lets, mla_weights
-from archc.hf.qwen2_moe import MOE_NOTE, number, render, rope_line, size
+from archc.hf.deepseek_v3 import mla_layer, mla_lets, mla_weights, scale_option
+from archc.hf.qwen2_moe import MOE_NOTE, render, rope_line, size
 from archc.hf.tensors import Tensors
 
 
@@ -25,10 +25,7 @@ def router_opts(c: HFConfig) -> list[str]:
     if method == "group_limited_greedy":
         opts += [f"groups = {size(c, 'n_group')}", f"group_k = {size(c, 'topk_group')}",
                  "group_by = max"]
-    scale = number(c, "routed_scaling_factor", c.data.get("routed_scaling_factor", 1.0))
-    if scale != 1.0:
-        opts.append(f"scale = {scale!r}")
-    return opts
+    return opts + scale_option(c)
 
 
 def describe(c: HFConfig, tensors=None) -> str:

@@ -86,10 +86,13 @@ def router_opts(c: HFConfig) -> list[str]:
     if groups > 1:
         opts += [f"groups = {groups}", f"group_k = {group_k}"]
     opts.append("correction")
+    return opts + scale_option(c)
+
+
+def scale_option(c: HFConfig) -> list[str]:
+    """`scale = f` for a routed scaling factor other than 1 (DeepSeek-V2 and V3)."""
     scale = number(c, "routed_scaling_factor", c.data.get("routed_scaling_factor", 1.0))
-    if scale != 1.0:
-        opts.append(f"scale = {scale!r}")
-    return opts
+    return [f"scale = {scale!r}"] if scale != 1.0 else []
 
 
 def describe(c: HFConfig, tensors=None) -> str:

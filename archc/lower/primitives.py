@@ -8,6 +8,7 @@ Parameters, state, masks and positions are in `archc/lower/intrinsics.py`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -203,12 +204,9 @@ def _static_ok(x: Node, static: list) -> bool:
 
 
 def _numel(b: LayerBuilder, x: Node) -> Node:
-    total = _size(b, x.type.shape[0]) if isinstance(x.type.shape[0], int) else \
-        b.op("dim_size", x, axis=0)
-    for axis, d in enumerate(x.type.shape[1:], start=1):
-        size = b.const(d, np.int64) if isinstance(d, int) else b.op("dim_size", x, axis=axis)
-        total = b.op("mul", total, size)
-    return total
+    sizes = [b.const(d, np.int64) if isinstance(d, int) else b.op("dim_size", x, axis=axis)
+             for axis, d in enumerate(x.type.shape)]
+    return functools.reduce(lambda total, size: b.op("mul", total, size), sizes)
 
 
 def _leftover(x: Node, known: list) -> int | str:
