@@ -77,6 +77,30 @@ def test_two_row_token_types_default_to_zero(tmp_path):
     assert _err(g, w, ref, zeros, real) > 1e-3  # the fixture's types are observable
 
 
+def test_exported_model_runs_without_optional_inputs(tmp_path):
+    """The .onnx file alone, in a bare onnxruntime session: `token_type_ids` and
+    `attention_mask` may be left out (zeros; ones), and given they still count."""
+    import onnxruntime as ort
+
+    from archc.backends.onnx_export import export_onnx, model_bytes
+
+    g, w, ref, feeds, real = _load("electra", tmp_path)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model_bytes(export_onnx(g, w)), opts)
+    assert [i.name for i in sess.get_inputs()] == ["input_ids"]
+    assert sorted(i.name for i in sess.get_overridable_initializers()) == \
+        ["attention_mask", "token_type_ids"]
+    ids = feeds["input_ids"]
+    bare = sess.run(["logits"], {"input_ids": ids})[0]
+    defaults = {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
+                "attention_mask": np.ones_like(ids)}
+    np.testing.assert_allclose(bare, archc.run(g, defaults, w)["logits"], atol=1e-5)
+    given = sess.run(["logits"], feeds)[0]
+    np.testing.assert_allclose(given, archc.run(g, feeds, w)["logits"], atol=1e-5)
+    assert np.abs(given - bare).max() > 1e-3  # the given types and mask were used
+
+
 # Each distinctive feature, edited out of the imported spec, moves the logits.
 def _drop(text: str, new: str = ""):
     return lambda s: s.replace(text, new)

@@ -24,7 +24,8 @@ from archc.ops import OPS
 OPSET = 18
 IR_VERSION = 9  # the newest IR that onnxruntime >= 1.17 loads
 IR_FOR_OPSET = {23: 11}  # the IR version onnx pairs with a raised opset (onnx VERSION_TABLE)
-_ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "bool": TensorProto.BOOL}
+_ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "bool": TensorProto.BOOL,
+         "float16": TensorProto.FLOAT16, "uint8": TensorProto.UINT8}
 
 
 class OnnxBuilder:
@@ -106,10 +107,13 @@ def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None,
     names: dict[int, str] = {}
     out_of = {node.id: name for name, node in graph.outputs.items()}
     graph_inputs = []
+    defaults = _defaulted(graph)
     for n in graph.nodes():
         if n.kind == "input":
             names[n.id] = n.name
             graph_inputs.append(_value_info(n.name, n.type))
+            if n.name in defaults:
+                names[n.id] = _default(b, n, *defaults[n.name])
         elif n.kind == "param":
             names[n.id] = n.name
             if weights is None:
@@ -139,6 +143,41 @@ def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None,
     if check:
         onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _defaulted(graph: Graph) -> dict[str, tuple[int, list]]:
+    """The int64 inputs a caller may leave out (`archc.inputs.default_value`: token types 0,
+    masks 1) whose every dim another, required input carries: name -> (fill, [(input, axis)
+    or size per dim])."""
+    from archc.inputs import default_value
+
+    fills = {k: default_value(k) for k, n in graph.inputs.items() if n.type.dtype == "int64"}
+    fills = {k: v for k, v in fills.items() if v is not None}
+    found = {}
+    for name, node in graph.inputs.items():
+        if name not in fills:
+            continue
+        dims = []
+        for d in node.type.shape:
+            source = d if isinstance(d, int) else next(
+                ((other, axis) for other, o in graph.inputs.items() if other not in fills
+                 for axis, e in enumerate(o.type.shape) if e == d), None)
+            dims.append(source)
+        if None not in dims:
+            found[name] = (fills[name], dims)
+    return found
+
+
+def _default(b: OnnxBuilder, node, fill: int, dims: list) -> str:
+    """An optional input: an overridable initializer holding `fill`, size 1 on symbolic axes,
+    expanded to the shape the other inputs give, so leaving it out runs as the NumPy backend
+    does. (The graph reads only the expanded value, never the initializer's own shape.)"""
+    b.initializers[node.name] = numpy_helper.from_array(
+        np.full([d if isinstance(d, int) else 1 for d in dims], fill, np.int64), node.name)
+    parts = [b.const(np.array([d], np.int64)) if isinstance(d, int) else
+             b.op("Shape", d[0], start=d[1], end=d[1] + 1) for d in dims]
+    shape = b.op("Concat", *parts, axis=0) if len(parts) > 1 else parts[0]
+    return b.op("Expand", node.name, shape, out=f"{node.name}.value")
 
 
 def model_bytes(model: onnx.ModelProto) -> bytes:

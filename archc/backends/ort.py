@@ -41,7 +41,7 @@ def session(model: onnx.ModelProto | bytes, provider: str | None = None,
 
 
 def _run(sess, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    wanted = {i.name for i in sess.get_inputs()}
+    wanted = {i.name for i in sess.get_inputs() + sess.get_overridable_initializers()}
     feeds = {k: v for k, v in inputs.items() if k in wanted}
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feeds)))
