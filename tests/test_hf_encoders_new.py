@@ -84,7 +84,7 @@ def test_exported_model_runs_without_optional_inputs(tmp_path):
 
     from archc.backends.onnx_export import export_onnx, model_bytes
 
-    g, w, ref, feeds, real = _load("electra", tmp_path)
+    g, w, _, feeds, _ = _load("electra", tmp_path)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(model_bytes(export_onnx(g, w)), opts)
