@@ -8,7 +8,6 @@ shows the traceback), 130 interrupted. Every file is written atomically (archc.f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -16,8 +15,9 @@ import warnings
 import numpy as np
 
 from archc import api
+from archc.cli_view import add_commands, lazy
 from archc.diagnostics import ArchcError, Diagnostic, did_you_mean, render
-from archc.files import write_file, write_files
+from archc.files import write_file
 from archc.inputs import load_npz, random_inputs, validate
 from archc.weights import ArchcWarning
 
@@ -38,12 +38,13 @@ def _graph(args, level: int | None = None, cache: bool = False):
     return api.optimize(graph, args.opt if level is None else level)
 
 
-def _weights(args, graph):
+def _weights(args, graph, lazy: bool = False):
+    """`--weights`, or the seeded init (`lazy`: drawn one tensor at a time as it is read)."""
     from archc.weights import init_params, load_weights
 
     if args.weights:
         return load_weights(graph, args.weights, strict=args.strict)
-    return init_params(graph, args.seed)
+    return init_params(graph, args.seed, lazy=lazy)
 
 
 def cmd_check(args) -> int:
@@ -93,27 +94,47 @@ def _dump_block(name: str) -> int:
 
 
 def cmd_compile(args) -> int:
-    from archc.backends.onnx_export import export_onnx, model_bytes
+    from archc.backends.onnx_save import save_models
 
+    if args.genai:  # the KV-cache decoder and its genai_config.json, in one folder
+        return lazy("archc.serving", "cmd_genai")(args)
+    if args.triton:  # a Triton model repository
+        return lazy("archc.serving", "cmd_triton")(args)
+    if not args.output:
+        raise ArchcError([Diagnostic("E0400", "`archc compile` needs `-o FILE.onnx` (or "
+                                     "`--genai DIR` or `--triton DIR`)")])
     graph = _graph(args, cache=args.kv_cache)
+    if args.explain:
+        from archc.passes.fusions import explain
+
+        sys.stderr.write(explain(graph))
+    weights = _weights(args, graph, lazy=True)
     if args.kv_cache and "decoder_input_ids" in graph.inputs:
         from archc.kvcache import split_seq2seq
 
-        weights = _weights(args, graph)
         stem = args.output[:-5] if args.output.endswith(".onnx") else args.output
         parts = zip(("encoder", "decoder_with_past"), split_seq2seq(_module(args), args.model))
-        files = {f"{stem}.{part}.onnx": model_bytes(export_onnx(g, {k: weights[k]
-                                                                    for k in g.params}))
-                 for part, g in parts}
-        write_files(files)  # both or neither: never a new encoder beside an old decoder
+        # both or neither: never a new encoder beside an old decoder
+        _, files = save_models([(*_stored(args, g, weights), f"{stem}.{part}.onnx")
+                                for part, g in parts])
         for path in files:
             print(f"wrote {path}")
         return 0
-    model = export_onnx(graph, _weights(args, graph))
-    write_file(args.output, model_bytes(model))
+    (model,), files = save_models([(*_stored(args, graph, weights), args.output)])
+    extra = f", weights in {files[1]}" if len(files) > 1 else ""
     print(f"wrote {args.output} ({len(model.graph.node)} ONNX nodes, opset "
-          f"{model.opset_import[0].version})")
+          f"{model.opset_import[0].version}{extra})")
     return 0
+
+
+def _stored(args, graph, weights):
+    """The graph and its weights as they are stored in the file: `--weights-dtype`."""
+    if args.weights_dtype == "float32":
+        return graph, weights
+    from archc.quantize import quantize
+
+    return quantize(graph, weights, args.weights_dtype, block=args.block_size,
+                    symmetric=args.symmetric)
 
 
 def cmd_run(args) -> int:
@@ -195,41 +216,6 @@ def _token_ids(text: str) -> np.ndarray:
     return np.array([ids], np.int64)
 
 
-def cmd_stats(args) -> int:  # counts and FLOPs from the lowered graph; activations after -O
-    from archc.lower import lower
-    from archc.stats import format_stats, full_stats
-
-    stats = full_stats(lower(api.parse_file(args.spec), args.model), args.seq, args.batch,
-                       args.opt)
-    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
-    return 0
-
-
-def cmd_explain(args) -> int:
-    from archc.explain import as_json, explain, render
-    from archc.lower import lower
-
-    if args.seq < 1 or args.depth < 1:
-        raise ArchcError([Diagnostic("E0400", "`--seq` and `--depth` must be at least 1")])
-    lines = explain(lower(_module(args), args.model), args.seq)
-    sys.stdout.write(json.dumps(as_json(lines), indent=2) + "\n" if args.json
-                     else render(lines, args.depth))
-    return 0
-
-
-def cmd_viz(args) -> int:
-    from archc.lower import lower
-    from archc.viz import html, svg
-
-    if not args.output.endswith((".svg", ".html")):
-        raise ArchcError([Diagnostic("E0400", f"`-o {args.output}`: write a .svg or .html file")])
-    graph = lower(_module(args), args.model)
-    text = html(graph) if args.output.endswith(".html") else svg(graph)
-    write_file(args.output, text.encode("utf-8"))
-    print(f"wrote {args.output}")
-    return 0
-
-
 def cmd_import_hf(args) -> int:
     from archc.hf import import_hf
 
@@ -282,9 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--after", help="stop after this pass")
     d.add_argument("--block", help="print this standard-library block's .arch source")
     c = command("compile", cmd_compile, "export an ONNX model")
-    c.add_argument("-o", "--output", required=True)
+    c.add_argument("-o", "--output", help="the .onnx file to write")
     c.add_argument("--kv-cache", action="store_true", help="export the decoder-with-past "
                    "graph (past_key_values.* inputs, present.* outputs)")
+    c.add_argument("--explain", action="store_true", help="print the fusion rules that fired "
+                   "and, for the others, the first reason why not")
+    c.add_argument("--weights-dtype", choices=("float32", "float16", "int8", "int4"),
+                   default="float32", help="store matmul weights in this type (int8/int4: "
+                   "block-wise weight-only quantization)")
+    c.add_argument("--block-size", type=int, choices=(32, 64, 128), default=32,
+                   help="int8/int4 quantization block size (default 32)")
+    c.add_argument("--symmetric", action="store_true", help="int8/int4 without zero points")
+    c.add_argument("--genai", metavar="DIR", help="write DIR/model.onnx with the KV cache and "
+                   "the genai_config.json that onnxruntime-genai reads (decoders)")
+    c.add_argument("--triton", metavar="DIR", help="write a Triton Inference Server model "
+                   "repository (config.pbtxt and 1/model.onnx per model) to DIR")
     r = command("run", cmd_run, "run on the NumPy or onnxruntime backend")
     for cmd in (c, r):
         weights(cmd)
@@ -312,19 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--strict", action="store_true", help="NaN or infinite weights are an "
                    "error, not a warning")
     h.set_defaults(fn=cmd_import_hf)
-    x = command("explain", cmd_explain, "the spec's layers with shapes, parameters and "
-                "FLOPs per token", opt=False)
-    x.add_argument("--seq", type=int, default=128, help="sequence length for FLOPs")
-    x.add_argument("--depth", type=int, default=2, help="how many levels of nesting to show")
-    x.add_argument("--json", action="store_true")
-    v = command("viz", cmd_viz, "an architecture diagram (SVG, or HTML around it)", opt=False)
-    v.add_argument("-o", "--output", required=True, help="a .svg or .html file to write")
-    s = command("stats", cmd_stats, "exact parameter counts, FLOPs per token, weight, KV-cache "
-                "and peak activation bytes")
-    s.add_argument("--seq", type=_count(1), default=2048, help="context length (default 2048)")
-    s.add_argument("--batch", type=_count(1), default=1, help="batch for the KV cache and "
-                   "activations (default 1)")
-    s.add_argument("--json", action="store_true")
+    add_commands(sub, command, _count)
+    ver = command("verify", lazy("archc.verify", "cmd_verify"), "NumPy -O0 against "
+                  "onnxruntime -O2 on inputs that make every feature observable", opt=False)
+    weights(ver)
+    ver.add_argument("--json", action="store_true")
     return p
 
 
