@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -47,41 +48,72 @@ def nonfinite_weights(notes: list[str], source: str, strict: bool) -> None:
     warnings.warn(ArchcWarning(diag), stacklevel=3)
 
 
-def check_init_budget(graph: Graph) -> None:
+def check_init_budget(graph: Graph, largest_only: bool = False) -> None:
     for name, p in graph.params.items():
         bad = [d for d in p.type.shape if not isinstance(d, int) or d < 0]
         if bad:
             raise ArchcError([Diagnostic("E0310", f"parameter `{name}` has shape "
                                          f"{fmt_shape(p.type.shape)}: not a list of sizes")])
-    total = sum(nbytes(p.type.shape, 4) for p in graph.params.values())
     largest = max((nbytes(p.type.shape, 8) for p in graph.params.values()), default=0)
+    if largest_only:
+        name = max(graph.params, key=lambda k: nbytes(graph.params[k].type.shape, 8))
+        check_bytes(largest, f"the random init of parameter `{name}` "
+                    f"{fmt_shape(graph.params[name].type.shape)} (drawn in float64)")
+        return
+    total = sum(nbytes(p.type.shape, 4) for p in graph.params.values())
     check_bytes(total + largest, f"the random init of {len(graph.params)} parameters "
                 "(float32, drawn in float64 one tensor at a time)")
 
 
-def init_params(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+def init_params(graph: Graph, seed: int = 0, lazy: bool = False):
+    """Every parameter's seeded init, as a dict; with `lazy`, a `LazyWeights` mapping that
+    draws each tensor when it is read and keeps none (an export streams them one by one)."""
+    if lazy:
+        check_init_budget(graph, largest_only=True)
+        return LazyWeights(graph.params, lambda name: init_param(graph, name, seed))
     check_init_budget(graph)
-    out = {}
-    for name in sorted(graph.params):
-        p = graph.params[name]
-        shape = p.type.shape
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        rule = p.attrs["init"]
-        if rule == "ones":
-            w = np.ones(shape)
-        elif rule == "zeros":
-            w = np.zeros(shape)
-        elif rule == "xavier":
-            limit = np.sqrt(6.0 / (shape[0] + shape[-1]))
-            w = rng.uniform(-limit, limit, shape)
-        elif rule == "he":
-            w = rng.normal(0.0, np.sqrt(2.0 / shape[0]), shape)
-        elif rule.startswith("normal:"):
-            w = rng.normal(0.0, float(rule.split(":")[1]), shape)
-        else:
-            raise ValueError(f"unknown init rule `{rule}` for `{name}`")
-        out[name] = w.astype(np.float32)
-    return out
+    return {name: init_param(graph, name, seed) for name in sorted(graph.params)}
+
+
+def init_param(graph: Graph, name: str, seed: int = 0) -> np.ndarray:
+    p = graph.params[name]
+    shape = p.type.shape
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    rule = p.attrs["init"]
+    if rule == "ones":
+        return np.ones(shape, np.float32)
+    if rule == "zeros":
+        return np.zeros(shape, np.float32)
+    if rule == "xavier":
+        limit = np.sqrt(6.0 / (shape[0] + shape[-1]))
+        w = rng.uniform(-limit, limit, shape)
+    elif rule == "he":
+        w = rng.normal(0.0, np.sqrt(2.0 / shape[0]), shape)
+    elif rule.startswith("normal:"):
+        w = rng.normal(0.0, float(rule.split(":")[1]), shape)
+    else:
+        raise ValueError(f"unknown init rule `{rule}` for `{name}`")
+    return w.astype(np.float32)
+
+
+class LazyWeights(Mapping):
+    """name -> array, made by `make(name)` on each read and not kept: weights larger than
+    memory flow through an export one tensor at a time."""
+
+    def __init__(self, names, make):
+        self._names = sorted(names)
+        self._make = make
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._make(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def check_weights(graph: Graph, weights: dict[str, np.ndarray], source: str) -> None:

@@ -73,7 +73,7 @@ def test_kv_cache_pair_is_replaced_together_or_not_at_all(tmp_path, monkeypatch,
     assert _snapshot(out) == before
     monkeypatch.undo()
 
-    import archc.backends.onnx_export as ex
+    import archc.backends.onnx_save as ex
 
     real, calls = ex.export_onnx, []
 
@@ -86,6 +86,7 @@ def test_kv_cache_pair_is_replaced_together_or_not_at_all(tmp_path, monkeypatch,
     monkeypatch.setattr(ex, "export_onnx", export_twice)
     assert main(argv) == 1
     assert _snapshot(out) == before
+    assert len(calls) == 2
 
 
 def test_failed_import_leaves_the_old_spec_and_weights(tmp_path, monkeypatch, capsys):

@@ -102,8 +102,12 @@ def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
 
 
 def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None,
-                check: bool = True) -> onnx.ModelProto:
+                check: bool = True, external: str | None = None) -> onnx.ModelProto:
+    """The ONNX model of `graph`. With `external` (a file name beside the model) every
+    parameter is an initializer whose data lies in that file, in `external_layout` order,
+    and no weight is read: `archc.backends.onnx_save` streams them there."""
     b = OnnxBuilder()
+    layout = external_layout(graph, weights) if external else {}
     names: dict[int, str] = {}
     out_of = {node.id: name for name, node in graph.outputs.items()}
     graph_inputs = []
@@ -118,6 +122,8 @@ def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None,
             names[n.id] = n.name
             if weights is None:
                 graph_inputs.append(_value_info(n.name, n.type))
+            elif external:
+                b.initializers[n.name] = _external(n.name, external, *layout[n.name])
             else:
                 b.initializers[n.name] = numpy_helper.from_array(weights[n.name], n.name)
         elif n.kind == "const":
@@ -137,12 +143,47 @@ def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None,
     inits = [b.initializers[k] for k in sorted(b.initializers)]
     onnx_graph = helper.make_graph(b.nodes, graph.name, graph_inputs, outputs, inits)
     imports = [helper.make_opsetid("", b.opset)]
-    imports += [helper.make_opsetid(d, 1) for d in sorted({n.domain for n in b.nodes} - {""})]
+    domains = {n.domain for n in b.nodes} | {m.domain for n in b.nodes for a in n.attribute
+                                             if a.g.node for m in a.g.node}  # If branches
+    imports += [helper.make_opsetid(d, 1) for d in sorted(domains - {""})]
     model = helper.make_model(onnx_graph, opset_imports=imports, producer_name="archc",
                               ir_version=IR_FOR_OPSET.get(b.opset, IR_VERSION))
     if check:
         onnx.checker.check_model(model, full_check=True)
     return model
+
+
+ALIGN = 64  # each external tensor starts at a multiple of this (mmap-friendly)
+
+
+def external_layout(graph: Graph, weights) -> dict[str, tuple]:
+    """name -> (dtype, shape, offset, length) of each parameter in the external data file:
+    sorted by name, each aligned to ALIGN bytes. A `LazyWeights` mapping is not read: its
+    tensors are float32 in the graph's shapes."""
+    from archc.weights import LazyWeights
+
+    layout, offset = {}, 0
+    for name in sorted(graph.params):
+        if isinstance(weights, LazyWeights):
+            dtype, shape = np.float32, graph.params[name].type.shape
+        else:
+            dtype, shape = np.asarray(weights[name]).dtype, np.shape(weights[name])
+        length = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        layout[name] = (np.dtype(dtype), tuple(shape), offset, length)
+        offset += -(-length // ALIGN) * ALIGN
+    return layout
+
+
+def _external(name: str, location: str, dtype, shape, offset: int, length: int):
+    t = onnx.TensorProto()
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(dtype)
+    t.dims.extend(shape)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, str(value)
+    return t
 
 
 def _defaulted(graph: Graph) -> dict[str, tuple[int, list]]:
