@@ -119,11 +119,15 @@ def generate(graph: Graph, weights, input_ids, steps: int, backend: str = "numpy
 
 
 def _greedy(s: Session, prompt: np.ndarray, steps: int) -> np.ndarray:
+    from archc.progress import bar
+
     ids, logits = prompt, s.prefill(prompt)
-    for _ in range(steps):
-        nxt = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
-        ids = np.concatenate([ids, nxt], axis=1)
-        logits = s.step(nxt)
+    with bar(steps, "generating", "tok") as b:
+        for _ in range(steps):
+            nxt = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+            ids = np.concatenate([ids, nxt], axis=1)
+            logits = s.step(nxt)
+            b.update()
     return ids
 
 

@@ -24,6 +24,7 @@ from archc.backends.onnx_export import ALIGN, export_onnx, external_layout, mode
 from archc.files import write_files
 from archc.ir.graph import Graph
 from archc.limits import nbytes
+from archc.progress import bar
 
 EXTERNAL_OVER = 2**31 - 2**27  # 1.875 GiB of weights: the rest of the 2 GiB is the graph
 
@@ -47,7 +48,7 @@ def save_models(models) -> tuple[list[onnx.ModelProto], list[str]]:
             continue
         data = path.with_name(path.name + ".data")
         protos.append(export_onnx(graph, weights, check=False, external=data.name))
-        external[path] = (model_bytes(protos[-1]), data, _streamer(graph, weights))
+        external[path] = (model_bytes(protos[-1]), data, _streamer(graph, weights, data.name))
     if not external:
         write_files(inline)
         return protos, [str(p) for p in inline]
@@ -68,17 +69,19 @@ def save_models(models) -> tuple[list[onnx.ModelProto], list[str]]:
     return protos, [str(p) for p in (*inline, *staged)]
 
 
-def _streamer(graph: Graph, weights):
+def _streamer(graph: Graph, weights, name: str):
     layout = external_layout(graph, weights)
 
     def stream(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            for name, (dtype, shape, offset, _) in layout.items():
-                a = np.ascontiguousarray(weights[name], dtype=dtype.newbyteorder("<"))
+        total = sum(length for *_, length in layout.values())
+        with open(tmp, "wb") as f, bar(total, f"writing {name}", "B") as b:
+            for key, (dtype, shape, offset, length) in layout.items():
+                a = np.ascontiguousarray(weights[key], dtype=dtype.newbyteorder("<"))
                 if a.shape != shape:
-                    raise ValueError(f"weight `{name}` has shape {a.shape}, expected {shape}")
+                    raise ValueError(f"weight `{key}` has shape {a.shape}, expected {shape}")
                 f.seek(offset)
                 f.write(memoryview(a).cast("B"))
+                b.update(length)
                 del a
             f.truncate(-(-f.tell() // ALIGN) * ALIGN)
 

@@ -16,6 +16,7 @@ import numpy as np
 from archc.diagnostics import ArchcError, Diagnostic, did_you_mean
 from archc.hf.config import HFConfig
 from archc.hf.tensors import Tensors
+from archc.progress import bar
 from archc.weights import nonfinite_weights
 
 DECODERS = ("bloom", "cohere", "cohere2", "falcon", "gemma", "gemma2", "gemma3_text", "glm4",
@@ -51,12 +52,16 @@ def import_checkpoint(directory: str | Path, config_only: bool = False,
     made = fam.describe(c, t)  # a Decoder (decoder-only families) or the spec text itself
     if not isinstance(made, str):
         made.name = c.model_type
+        from archc.serving import serving_comment  # what genai_config.json needs
+
         made.comment = [f"{c.architecture or c.model_type} imported from a Hugging Face "
-                        "checkpoint by `archc import-hf`."]
+                        "checkpoint by `archc import-hf`.", *serving_comment(c.data)]
     spec = made if isinstance(made, str) else made.render()
     if t is None:
         return Imported(spec, None)
-    weights = fam.weights(c, made, t)
+    with bar(sum(e.end - e.begin for e in t.tensors.values()), "converting weights",
+             unit="B") as t.bar:
+        weights = fam.weights(c, made, t)
     t.check_all_used(ignore=_BUFFERS)
     nonfinite_weights(t.nonfinite, f"{directory}: {t.source}", strict)
     return Imported(spec, weights)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from archc.diagnostics import ArchcError, Diagnostic
+from archc.progress import _Silent
 from archc.tensorfile import Entry, TensorFile, nonfinite
 
 
@@ -25,8 +26,10 @@ class Tensors:
         self.tensors: dict[str, Entry] = {k: f.entries[k] for k, f in files.items()}
         self.source = source
         self.used: set[str] = set()
+        self._counted: set[str] = set()
         self.nonfinite: list[str] = []
         self.prefix = ""
+        self.bar = _Silent()  # archc.progress: `import_checkpoint` sets a bar over the bytes
 
     @classmethod
     def load(cls, directory: str | Path) -> Tensors:
@@ -62,6 +65,9 @@ class Tensors:
             raise ArchcError([Diagnostic("E0512", f"tensor `{full}` has shape {list(have)}, "
                                          f"the config implies {list(shape)}")])
         t = self.files[full].float32(full)
+        e = self.tensors[full]
+        self.bar.update(e.end - e.begin if full not in self._counted else 0)
+        self._counted.add(full)
         note = nonfinite(full, t)
         if note and note not in self.nonfinite:
             self.nonfinite.append(note)

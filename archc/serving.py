@@ -1,0 +1,345 @@
+"""Serving: a folder onnxruntime-genai loads as is, and a Triton Inference Server model
+repository. `archc compile --genai DIR` and `archc compile --triton DIR`; docs/serving.md.
+
+onnxruntime-genai (`cmd_genai`) runs a decoder through its own KV-cache loop. It reads
+DIR/genai_config.json, which names the graph's inputs and outputs, so archc's names stay as
+they are: `input_ids`, `attention_mask` (past and new tokens), `past_key_values.N.key/value`
+[batch, kv_heads, past, head_size] in, `logits` and `present.N.key/value` (past ++ new) out.
+The cache is concatenated, not written in place, so `past_present_share_buffer` is false.
+Refused, with the reason: encoder-decoders, specs without a KV cache, any other state (a
+memory, a running sum), a bounded (sliding-window) cache, layers with different cache shapes,
+and inputs or outputs genai does not feed or read.
+
+What a spec does not hold (the tokens that start and end a text, and the context length of a
+rotary model) comes from a header comment, one JSON object, that `archc import-hf` writes
+from the checkpoint's config.json and a user may write by hand:
+
+    # serving: {"bos_token_id": 1, "context_length": 4096, "eos_token_id": [2, 32000]}
+
+A learned position table bounds the context too: the context length is the smaller of the
+comment's and the longest sequence the table covers (found by `archc.inputs.validate`).
+
+Triton (`cmd_triton`) serves ONNX files with its onnxruntime backend: each model is a folder
+`<name>/config.pbtxt` + `<name>/1/model.onnx`. The config is written from the exported ONNX
+model itself, so its inputs and outputs cannot drift from the file's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from archc.diagnostics import ArchcError, Diagnostic, Span, did_you_mean
+from archc.ir.graph import Graph
+
+GENAI_CODE = "E0600"  # the model is not one onnxruntime-genai can serve
+FACTS_CODE = "E0601"  # the `# serving:` comment is malformed, or a fact genai needs is missing
+TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+FACT_KEYS = ("context_length", *TOKEN_KEYS)
+_LINE = re.compile(r"^# serving:(.*)$", re.MULTILINE)
+_HF_CONTEXT = ("max_position_embeddings", "n_positions", "n_ctx")  # first one present wins
+_PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+
+
+# ---------------------------------------------------------------- the `# serving:` facts
+def _token_ids(v) -> bool:
+    ids = v if isinstance(v, list) else [v]
+    return bool(ids) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                             for i in ids)
+
+
+def _fact_ok(key: str, v) -> bool:
+    if key == "context_length":
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return _token_ids(v)
+
+
+def serving_comment(config: dict) -> list[str]:
+    """The header line `archc import-hf` writes into a decoder spec: the generation facts of a
+    Hugging Face config.json (well-formed values only; a null token id is left out)."""
+    facts = {k: config[k] for k in TOKEN_KEYS if _fact_ok(k, config.get(k))}
+    ctx = next((config[k] for k in _HF_CONTEXT if config.get(k) is not None), None)
+    if _fact_ok("context_length", ctx):
+        facts["context_length"] = ctx
+    return [f"serving: {json.dumps(facts, sort_keys=True)}"] if facts else []
+
+
+def read_facts(path: str, source: str) -> dict:
+    """Every `# serving: {...}` line of a spec, merged; a bad one is an error at its span."""
+    facts: dict = {}
+    errors = []
+    for m in _LINE.finditer(source):
+        span = Span(path, m.start(1), m.end(1))
+        try:
+            data = json.loads(m.group(1))
+        except json.JSONDecodeError as e:
+            errors.append(Diagnostic(FACTS_CODE, f"`# serving:` is not a JSON object: {e.msg}",
+                                     span, "here"))
+            continue
+        if not isinstance(data, dict):
+            errors.append(Diagnostic(FACTS_CODE, "`# serving:` is not a JSON object", span,
+                                     "here"))
+            continue
+        for key, value in data.items():
+            if key not in FACT_KEYS:
+                errors.append(Diagnostic(FACTS_CODE, f"unknown serving fact `{key}`", span,
+                                         "in this line", help=did_you_mean(key, FACT_KEYS)
+                                         or f"known: {', '.join(FACT_KEYS)}"))
+            elif key in facts:
+                errors.append(Diagnostic(FACTS_CODE, f"serving fact `{key}` is given twice",
+                                         span, "again here"))
+            elif not _fact_ok(key, value):
+                want = "a positive integer" if key == "context_length" else \
+                    "a token id (an integer >= 0) or a non-empty list of them"
+                errors.append(Diagnostic(FACTS_CODE, f"serving fact `{key}` is "
+                                         f"{json.dumps(value)}, not {want}", span, "here"))
+            else:
+                facts[key] = value
+    if errors:
+        raise ArchcError(errors, {path: source})
+    return facts
+
+
+# ---------------------------------------------------------------- what genai can serve
+def _refuse(name: str, why: str, help: str | None = None) -> ArchcError:
+    return ArchcError([Diagnostic(GENAI_CODE, f"onnxruntime-genai cannot serve `{name}`: {why}",
+                                  help=help)])
+
+
+def keeps_cache(plain: Graph) -> bool:
+    """Whether a spec has a KV cache or a state, read off its plain graph: lowering an encoder
+    with `cache=True` fails on its bidirectional masks, so this is asked first."""
+    return bool(plain.meta.get("kv_per_token") or plain.meta.get("states"))
+
+
+def check_decoder(plain: Graph) -> None:
+    """Refuse (`E0600`) what is not a decoder-only model with a cache."""
+    if "decoder_input_ids" in plain.inputs:
+        raise _refuse(plain.name, "it is an encoder-decoder", help="`--triton DIR --kv-cache` "
+                      "writes its encoder and decoder-with-past models")
+    if not keeps_cache(plain):
+        raise _refuse(plain.name, "it keeps no KV cache (not a decoder)", help="`--triton "
+                      "DIR` serves models without a cache")
+
+
+def genai_layout(graph: Graph) -> dict:
+    """The cache layout of a decoder's cache graph as genai_config.json states it: layers,
+    kv heads, head size, vocabulary. Raises `E0600` naming the first thing genai cannot
+    express."""
+    name = graph.name
+    states = graph.meta["states"]
+    layers: dict[int, dict[str, tuple]] = {}
+    for past, present in states.items():
+        m = _PAST.fullmatch(past)
+        if m is None or present != f"present.{m[1]}.{m[2]}" or \
+                graph.inputs[past].type.rank != 4:
+            raise _refuse(name, f"its state `{past}` is not a key/value cache (a memory or "
+                          "a running sum)", help="genai carries only past_key_values.N.key"
+                          "/value between steps")
+        shape = graph.inputs[past].type.shape
+        if shape[2] != "past":
+            raise _refuse(name, f"layer {m[1]} keeps a bounded cache (`{past}` is "
+                          f"[{', '.join(map(str, shape))}]: a sliding window)",
+                          help="genai's cache grows with the whole sequence in every layer")
+        layers.setdefault(int(m[1]), {})[m[2]] = (shape[1], shape[3])
+    shapes = {kv for layer in layers.values() for kv in layer.values()}
+    if sorted(layers) != list(range(len(layers))) or \
+            any(len(layer) != 2 for layer in layers.values()) or len(shapes) != 1:
+        raise _refuse(name, "its layers' caches differ in shape (heads, head size) or miss a "
+                      "key or value", help="genai_config.json has one head count and one "
+                      "head size for every layer")
+    extra = sorted(set(graph.inputs) - set(states) - {"input_ids", "attention_mask"})
+    if extra or "input_ids" not in graph.inputs or "attention_mask" not in graph.inputs:
+        what = f"input `{extra[0]}`" if extra else "`input_ids` and `attention_mask` inputs"
+        raise _refuse(name, f"genai feeds only token ids, the mask and the cache, and the "
+                      f"model has {'an ' if extra else 'no '}{what}")
+    outs = [k for k in graph.outputs if k not in states.values()]
+    logits = graph.outputs.get("logits")
+    if outs != ["logits"] or logits.type.rank != 3 or not isinstance(logits.type.shape[2], int):
+        raise _refuse(name, "genai reads one output, `logits` [batch, seq, vocab] with a "
+                      f"static vocabulary; the model's are {', '.join(f'`{o}`' for o in outs)}")
+    (kv_heads, head_size), = shapes
+    return {"layers": len(layers), "kv_heads": kv_heads, "head_size": head_size,
+            "vocab": logits.type.shape[2]}
+
+
+def _call_arg(graph: Graph, block: str, arg: str) -> int | None:
+    """An integer argument of the first call of a library block, from the lowering record."""
+    for rec in graph.meta.get("calls", []):
+        value = rec.get("args", {}).get(arg) if rec.get("block") == block else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def position_limit(plain: Graph) -> int | None:
+    """The longest sequence the plain graph's position tables cover: a binary search over
+    `validate`, which refuses a computed index outside its table. None without such tables."""
+    from archc.inputs import validate
+
+    rows = [n.inputs[0].type.shape[0] for n in plain.nodes()
+            if n.kind == "op" and n.op == "gather" and n.inputs[0].kind == "param"
+            and n.inputs[1].kind != "input" and isinstance(n.inputs[0].type.shape[0], int)]
+    if not rows or "input_ids" not in plain.inputs:
+        return None
+    import numpy as np
+
+    def fits(n: int) -> bool:
+        try:  # E0315: an index out of its table; other errors (the memory budget) are not
+            validate(plain, {"input_ids": np.zeros((1, n), np.int64)})  # about positions
+        except ArchcError as e:
+            return all(d.code != "E0315" for d in e.diagnostics)
+        return True
+
+    low, high = 0, max(rows)  # fits(low) holds (vacuously for 0); find the largest
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low or None
+
+
+def genai_config(graph: Graph, plain: Graph, facts: dict, spec: str) -> dict:
+    layout = genai_layout(graph)
+    limits = [v for v in (facts.get("context_length"), position_limit(plain)) if v]
+    if not limits:
+        raise ArchcError([Diagnostic(FACTS_CODE, f"the context length of `{graph.name}` is "
+                                     "unknown (no position table and no `context_length`)",
+                                     help=f"add `# serving: {{\"context_length\": N}}` to "
+                                     f"`{spec}`; `archc import-hf` writes it from "
+                                     "max_position_embeddings")])
+    context = min(limits)
+    for key in TOKEN_KEYS:
+        ids = facts.get(key, [])
+        bad = [i for i in (ids if isinstance(ids, list) else [ids]) if i >= layout["vocab"]]
+        if bad:
+            raise ArchcError([Diagnostic(FACTS_CODE, f"serving fact `{key}` = {bad[0]} is not "
+                                         f"in the vocabulary (ids 0..{layout['vocab'] - 1})",
+                                         help=f"correct the `# serving:` line of `{spec}`")])
+    heads = _call_arg(graph, "attention", "heads") or layout["kv_heads"]
+    tokens = {k: facts[k] for k in TOKEN_KEYS if k in facts}
+    eos = tokens.get("eos_token_id")
+    if "pad_token_id" not in tokens and eos is not None:
+        tokens["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
+    n = layout["layers"]
+    decoder = {
+        "filename": "model.onnx", "head_size": layout["head_size"],
+        "hidden_size": _call_arg(graph, "embed", "dim") or heads * layout["head_size"],
+        "num_attention_heads": heads, "num_hidden_layers": n,
+        "num_key_value_heads": layout["kv_heads"],
+        "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                   "past_key_names": "past_key_values.%d.key",
+                   "past_value_names": "past_key_values.%d.value"},
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value"}}
+    search = {"do_sample": False, "num_beams": 1, "num_return_sequences": 1, "top_k": 1,
+              "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0, "min_length": 0,
+              "max_length": context, "early_stopping": True, "length_penalty": 1.0,
+              "no_repeat_ngram_size": 0, "diversity_penalty": 0.0,
+              "past_present_share_buffer": False}
+    # "decoder": genai's generic decoder-only type; nothing family-specific is assumed
+    model = {"type": "decoder", "context_length": context, "vocab_size": layout["vocab"],
+             "decoder": decoder, **tokens}
+    return {"model": model, "search": search}
+
+
+def _mkdir(path: Path) -> None:
+    from archc.files import cannot_write
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(path, (e.strerror or str(e)).lower()) from None
+
+
+def cmd_genai(args) -> int:
+    from archc.backends.onnx_export import export_onnx, model_bytes
+    from archc.cli import _graph, _module, _stored, _weights
+    from archc.files import write_files
+
+    plain = _graph(args, level=0)
+    check_decoder(plain)
+    module = _module(args)
+    facts = read_facts(module.path, module.source)
+    graph = _graph(args, cache=True)
+    config = genai_config(graph, plain, facts, args.spec)
+    model = export_onnx(*_stored(args, graph, _weights(args, graph)))
+    out = Path(args.genai)
+    _mkdir(out)
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    write_files({out / "model.onnx": model_bytes(model),  # both or neither
+                 out / "genai_config.json": text.encode()})
+    d = config["model"]["decoder"]
+    print(f"wrote {out / 'model.onnx'} and {out / 'genai_config.json'} ({d['num_hidden_layers']} "
+          f"layers, {d['num_key_value_heads']} kv heads of {d['head_size']}, context "
+          f"{config['model']['context_length']})")
+    return 0
+
+
+# ---------------------------------------------------------------- Triton
+TRITON_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 7: "TYPE_INT64",
+                6: "TYPE_INT32", 9: "TYPE_BOOL"}  # onnx.TensorProto element type -> Triton
+
+
+def _tensors(values) -> list[str]:
+    blocks = []
+    for v in values:
+        t = v.type.tensor_type
+        dims = ", ".join(str(d.dim_value) if d.HasField("dim_value") else "-1"
+                         for d in t.shape.dim)
+        blocks.append(f"  {{\n    name: \"{v.name}\"\n    data_type: "
+                      f"{TRITON_TYPES[t.elem_type]}\n    dims: [ {dims} ]\n  }}")
+    return blocks
+
+
+def pbtxt(name: str, model) -> str:
+    """A Triton config.pbtxt for an ONNX model: every input and output with its type and
+    dims (-1 for a symbolic dim); `max_batch_size: 0` because the batch is the first of the
+    dims, as exported."""
+    lines = [f"name: \"{name}\"", "platform: \"onnxruntime_onnx\"", "max_batch_size: 0"]
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        lines += [f"{kind} [", ",\n".join(_tensors(values)), "]"]
+    return "\n".join(lines) + "\n"
+
+
+def triton_models(args) -> dict[str, tuple[Graph, dict]]:
+    """Model name -> (graph, weights): the plain model, and with `--kv-cache` the
+    decoder-with-past (a decoder) or the encoder and decoder-with-past (an encoder-decoder)."""
+    from archc.cli import _graph, _module, _weights
+
+    plain = _graph(args)
+    weights = _weights(args, plain)
+    models = {plain.name: (plain, weights)}
+    if args.kv_cache and not keeps_cache(plain):
+        raise ArchcError([Diagnostic("E0400", f"`--kv-cache`: `{plain.name}` keeps no KV "
+                                     "cache", help="leave out `--kv-cache`")])
+    if args.kv_cache:
+        if "decoder_input_ids" in plain.inputs:
+            from archc.kvcache import split_seq2seq
+
+            encoder, decoder = split_seq2seq(_module(args), args.model)
+            models[f"{plain.name}_encoder"] = (encoder, weights)
+            models[f"{plain.name}_decoder_with_past"] = (decoder, weights)
+        else:
+            models[f"{plain.name}_with_past"] = (_graph(args, cache=True), weights)
+    return models
+
+
+def cmd_triton(args) -> int:
+    from archc.backends.onnx_export import export_onnx, model_bytes
+    from archc.cli import _stored
+    from archc.files import write_files
+
+    root = Path(args.triton)
+    files: dict = {}
+    for name, (graph, weights) in triton_models(args).items():
+        model = export_onnx(*_stored(args, graph, weights))
+        files[root / name / "config.pbtxt"] = pbtxt(name, model).encode()
+        files[root / name / "1" / "model.onnx"] = model_bytes(model)
+    for path in files:
+        _mkdir(path.parent)
+    write_files(files)  # every model of the repository, or none
+    for path in files:
+        print(f"wrote {path}")
+    return 0
