@@ -209,7 +209,8 @@ class Calls:
         record = {"block": node.name, "scope": self.scope.prefix,
                   "depth": len(self.frames) - 1 + self.repeat_depth,
                   "in": [str(v.type) for v in values.values() if isinstance(v, Node)],
-                  "params": len(self.graph.params), "library": blk.library}
+                  "params": len(self.graph.params), "library": blk.library,
+                  "args": {k: v for k, v in values.items() if not isinstance(v, Node)}}
         self.graph.meta.setdefault("calls", []).append(record)  # for `archc explain`
         try:
             self.block(node.body)
@@ -224,6 +225,8 @@ class Calls:
             record["params"] = list(self.graph.params)[record["params"]:]
         if isinstance(result, Node):
             record["out"] = str(result.type)
+        elif isinstance(result, tuple) and result and all(isinstance(v, Node) for v in result):
+            record["out"] = ", ".join(str(v.type) for v in result)  # `y, loss = moe_ffn(...)`
         if result is None:
             self.err("E0104", f"block `{node.name}` returns nothing", e.span,
                      "used as a value here", help="end the block with `return x`")

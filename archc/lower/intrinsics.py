@@ -161,8 +161,10 @@ def cache(b, x, name, window):
                                                                  x.type.shape[3])):
         b.fail("E0201", f"`cache` needs [batch, heads, seq, dim] with static heads and dim, "
                f"got {x.type}", "here")
-    b.graph.meta["kv_per_token"] = b.graph.meta.get("kv_per_token", 0) + numel(
-        (x.type.shape[1], x.type.shape[3]))
+    kv = numel((x.type.shape[1], x.type.shape[3]))
+    b.graph.meta["kv_per_token"] = b.graph.meta.get("kv_per_token", 0) + kv
+    by_scope = b.graph.meta.setdefault("kv_by_scope", {})  # for `archc diff`
+    by_scope[b.scope] = by_scope.get(b.scope, 0) + kv
     if not b.cache:
         return x
     seq = x.type.shape[2]
