@@ -265,12 +265,13 @@ class Evaluator(Calls):
             self.env.vars[s.var] = i
             record = {"block": "repeat", "scope": f"{base}.{i}", "depth": len(self.frames) +
                       self.repeat_depth, "in": [], "out": "", "params": len(self.graph.params),
-                      "shared": s.shared}
+                      "shared": s.shared, "nodes": len(self.graph)}
             self.graph.meta.setdefault("calls", []).append(record)  # for `archc explain`
             self.repeat_depth += 1
             self.block(s.body)
             self.repeat_depth -= 1
             record["params"] = list(self.graph.params)[record["params"]:]
+            record["nodes"] = (record["nodes"], len(self.graph))  # the step's node ids (`viz`)
         self.scope, self.shared, self.step_params = outer, outer_shared, outer_step
         if hidden is _UNSET:
             self.env.vars.pop(s.var, None)
