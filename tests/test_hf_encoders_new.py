@@ -216,3 +216,43 @@ def test_modernbert_4x_config_layout(tmp_path):
     ref = np.load(FIXTURES / "modernbert" / "reference.npz")
     real = ref["attention_mask"].astype(bool)
     assert _err(g, w, ref, {k: ref[k] for k in g.inputs}, real) <= 1e-4
+
+
+def test_a_bert_model_saved_without_its_pooler_imports_without_one(tmp_path):
+    """`BertModel(add_pooling_layer=False)` (sentence encoders) stores no pooler: the spec
+    outputs the hidden states only. Checked through the fixture's MLM head, written out here
+    as transformers defines it (dense, GELU, LayerNorm, tied decoder + bias), against the
+    reference logits."""
+    import json
+    import math
+
+    from safetensors.numpy import load_file, save_file
+
+    src = FIXTURES / "bert"
+    full = load_file(src / "model.safetensors")
+    folder = tmp_path / "bert_no_pooler"
+    folder.mkdir()
+    save_file({k[len("bert."):]: v for k, v in full.items() if k.startswith("bert.") and
+               "pooler" not in k}, folder / "model.safetensors")
+    config = json.loads((src / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["BertModel"]}))
+    spec = import_hf(folder, tmp_path / "out").spec
+    assert "pooler" not in spec
+    g = archc.compile(tmp_path / "out" / "model.arch")
+    assert list(g.outputs) == ["last_hidden_state"]
+    w = archc.load_weights(g, str(tmp_path / "out" / "model.safetensors"))
+    ref = np.load(src / "reference.npz")
+    feeds = {k: ref[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    erf = np.vectorize(math.erf)
+    for backend in ("numpy", "onnxruntime"):
+        x = archc.run(g, feeds, w, backend=backend)["last_hidden_state"].astype(np.float64)
+        h = x @ full["cls.predictions.transform.dense.weight"].T + \
+            full["cls.predictions.transform.dense.bias"]
+        h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
+        h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-12)
+        h = h * full["cls.predictions.transform.LayerNorm.weight"] + \
+            full["cls.predictions.transform.LayerNorm.bias"]
+        logits = h @ full["bert.embeddings.word_embeddings.weight"].T + \
+            full["cls.predictions.bias"]
+        real = ref["attention_mask"].astype(bool)
+        assert np.abs(logits - ref["logits"])[real].max() <= 1e-4, backend

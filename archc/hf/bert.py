@@ -55,20 +55,23 @@ def shape(c: HFConfig) -> Encoder:
                    llama.act(c.get("hidden_act", default="gelu")))
 
 
-def heads_of(c: HFConfig) -> tuple[bool, bool, bool]:
-    """(pooler, mlm, nsp) by the checkpoint's class."""
+def heads_of(c: HFConfig, t: Tensors | None = None) -> tuple[bool, bool, bool]:
+    """(pooler, mlm, nsp) by the checkpoint's class; with the tensors, a `...Model` saved
+    without its pooler (`add_pooling_layer=False`, as sentence encoders are) has none."""
     arch = c.architecture
     mlm = arch.endswith(("ForMaskedLM", "ForPreTraining"))
     nsp = arch.endswith("ForPreTraining")
-    return (not mlm) or nsp, mlm, nsp
+    stored = t is None or any(k.endswith(("pooler.dense.weight", "pooler.weight"))
+                              for k in t.tensors)
+    return ((not mlm) or nsp) and stored, mlm, nsp
 
 
 def render(c: HFConfig, positions: str, extra_inputs=(), attn_opts: str = "", lets: str = "",
            s: Encoder | None = None, pooler: bool | None = None,
-           tail: list[str] | None = None) -> str:
+           tail: list[str] | None = None, tensors: Tensors | None = None) -> str:
     """The spec; `tail` replaces the heads the class implies (ELECTRA's discriminator)."""
     s = s or shape(c)
-    has_pooler, mlm, nsp = heads_of(c)
+    has_pooler, mlm, nsp = heads_of(c, tensors)
     pooler = has_pooler if pooler is None else pooler and has_pooler
     e = "e" if s.emb else "d"
     inputs = ["input_ids", *(["token_type_ids"] if s.types > 1 else []), "attention_mask",
@@ -110,7 +113,8 @@ def render(c: HFConfig, positions: str, extra_inputs=(), attn_opts: str = "", le
 
 def describe(c: HFConfig, tensors=None):
     check_post_ln(c)
-    return render(c, "pos_embed(input_ids, max_pos, d)", lets=f", max_pos = {shape(c).rows}")
+    return render(c, "pos_embed(input_ids, max_pos, d)", lets=f", max_pos = {shape(c).rows}",
+                  tensors=tensors)
 
 
 ATTENTION = {"q": "attention.self.query", "k": "attention.self.key",
@@ -161,7 +165,7 @@ def encoder_weights(c: HFConfig, t: Tensors, prefix: str, mlm_head: str,
                     global_attn: bool = False, s: Encoder | None = None) -> common.Weights:
     s = s or shape(c)
     d, e = s.d, s.emb or s.d
-    pooler, mlm, nsp = heads_of(c)
+    pooler, mlm, nsp = heads_of(c, t)
     base = prefix if any(k.startswith(prefix + ".") for k in t.tensors) else ""
     p = f"{base}." if base else ""
     out = {"word_embeddings.weight": t.take(f"{p}embeddings.word_embeddings.weight",

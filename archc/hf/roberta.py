@@ -16,7 +16,7 @@ def positions(c) -> tuple[str, str]:
 def describe(c, tensors=None):
     bert.check_post_ln(c)
     pos, lets = positions(c)
-    return bert.render(c, pos, lets=lets)
+    return bert.render(c, pos, lets=lets, tensors=tensors)
 
 
 def weights(c, spec, t):
