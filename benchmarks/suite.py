@@ -99,7 +99,7 @@ def make_checkpoint(kind: str, folder: Path):
         cfg = tf.BertConfig(vocab_size=30522, hidden_size=512, num_hidden_layers=8,
                             num_attention_heads=8, intermediate_size=2048,
                             max_position_embeddings=512, hidden_act="gelu_new")
-        model = tf.BertModel(cfg)
+        model = tf.BertModel(cfg, add_pooling_layer=False)
     model.eval()
     model.save_pretrained(folder, safe_serialization=True)
     if kind == "llama":  # the peer builders want a tokenizer beside the weights
