@@ -46,7 +46,9 @@ BUCKETS = {
     "head": "untied output head",
     "other": "non-embedding",
 }
-BUFFERS = ("final_logits_bias",)  # parameter names (last component) that are buffers
+# parameter names (last component) that the framework keeps as buffers: BART's
+# `final_logits_bias`, DeepSeek-V3's router `e_score_correction_bias` (archc's correction_bias)
+BUFFERS = ("final_logits_bias", "correction_bias")
 
 
 def is_buffer(name: str) -> bool:

@@ -114,3 +114,15 @@ def test_published_counts_of_todays_decoders(tmp_path, config, total, kv_bytes):
     s = param_stats(archc.lower(archc.parse_file(tmp_path / "out" / "model.arch")))
     assert s["parameters"] == s["active_per_token"] == total
     assert s["kv_cache_bytes_per_token"]["float32"] == kv_bytes
+
+
+def test_deepseek_v3_correction_bias_is_a_buffer(tmp_path):
+    """transformers keeps `e_score_correction_bias` as a buffer: on the fixture's config
+    `sum(p.numel() for p in DeepseekV3ForCausalLM(config).parameters())` is 59,992 (measured
+    with transformers 5.24) and the two MoE layers' biases are 2 x 8 buffer elements."""
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "hf" / "deepseek_v3"
+    import_hf(fixture, tmp_path / "out", config_only=True)
+    s = param_stats(archc.lower(archc.parse_file(tmp_path / "out" / "model.arch")))
+    assert (s["parameters"], s["buffers"]) == (59_992, 16)
