@@ -375,3 +375,18 @@ def test_a_session_refuses_bad_ids_like_a_full_run():
         with pytest.raises(ArchcError, match=r"E031[25]"):
             s.step(bad)
     assert s.step(np.array([[5]])).shape == (1, 1, 256)  # the session is still usable
+
+
+def test_init_rules_named_like_functions_pass_through_a_block():
+    """`init = zeros` names the rule even though `zeros` is also a function, through a
+    library block's untyped option (`linear(..., init = zeros)` -> `param(..., init = init)`);
+    any other function is still refused."""
+    spec = """model m {{
+  input x: float32[batch, 4]
+  output y = linear(x, 4, bias = false, init = {init})
+}}"""
+    for rule in ("zeros", "ones", '"zeros"'):
+        g = lower(archc.parse(spec.format(init=rule)))
+        assert [p.attrs["init"] for p in g.params.values()] == [rule.strip('"')]
+    with pytest.raises(ArchcError, match="`init` must be one of"):
+        lower(archc.parse(spec.format(init="sigmoid")))

@@ -188,6 +188,9 @@ def _convert(arg: Arg, expr: ast.Expr, ev) -> Any:
             return value
         word = value.text if isinstance(value, Word) else value if isinstance(value, str) \
             else None
+        name = getattr(value, "name", None)  # `init = zeros` passed on: the function `zeros`
+        if word is None and isinstance(name, str) and name in arg.choices:
+            word = name
         if word is None:
             ev.err("E0104", f"`{arg.name}` must be one of {', '.join(arg.choices)}", expr.span,
                    f"this is {describe(value)}")
