@@ -314,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver = command("verify", lazy("archc.verify", "cmd_verify"), "NumPy -O0 against "
                   "onnxruntime -O2 on inputs that make every feature observable", opt=False)
     weights(ver)
-    ver.add_argument("--json", action="store_true")
+    ver.add_argument("--json", action="store_true", help="print the report as JSON")
+    ver.add_argument("--tol", type=float, default=1e-4, help="the largest max abs diff that "
+                     "passes (default 1e-4)")
     return p
 
 

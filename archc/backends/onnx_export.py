@@ -97,6 +97,29 @@ class OnnxBuilder:
         return self.types[name]
 
 
+def _name_in_place(b: OnnxBuilder, result: str, name: str) -> str:
+    """Name an earlier node's result (another output of a multi-output op, or a value a later
+    node made from) as the graph output `name` where it is made, and in every reader (If
+    branches and remembered values too): an Identity would copy it on every run (onnxruntime
+    keeps those). A graph input or constant keeps its name (`result` is returned)."""
+    made = next((m for m in b.nodes if result in m.output), None)
+    if made is None:
+        return result
+    for m in [*b.nodes, *(m for n in b.nodes for a in n.attribute for m in a.g.node)]:
+        for i, x in enumerate(m.input):
+            if x == result:
+                m.input[i] = name
+    made.output[list(made.output).index(result)] = name
+
+    def rename(v):
+        return tuple(map(rename, v)) if isinstance(v, tuple) else name if v == result else v
+    b.outputs_of = {rename(k): rename(v) for k, v in b.outputs_of.items()}
+    b._memo = {k: rename(v) for k, v in b._memo.items()}
+    if result in b.types:
+        b.types[name] = b.types[result]
+    return name
+
+
 def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, _ELEM[t.dtype], list(t.shape))
 
@@ -134,6 +157,8 @@ def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None,
             if n.id in out_of and result not in names.values() and b.nodes and \
                     b.nodes[-1].output[0] == result:
                 b.nodes[-1].output[0] = result = out_of[n.id]  # name the output in place
+            elif n.id in out_of and result not in names.values():
+                result = _name_in_place(b, result, out_of[n.id])
             names[n.id] = result
     outputs = []
     for name, node in graph.outputs.items():

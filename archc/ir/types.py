@@ -9,7 +9,8 @@ import numpy as np
 Dim = int | str
 
 DTYPES = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}
-SHORT = {"float32": "f32", "int64": "i64", "bool": "b8"}
+# f16 and u8 are only the types of stored weights (archc.quantize); no op computes in them
+SHORT = {"float32": "f32", "int64": "i64", "bool": "b8", "float16": "f16", "uint8": "u8"}
 LONG = {v: k for k, v in SHORT.items()}
 
 

@@ -9,7 +9,10 @@ from archc.ops import (  # noqa: F401  (registration)
     elementwise,
     fused,
     linalg,
+    quant,
     reduce,
+    rotary,
+    sdpa_past,
     shape,
 )
 from archc.ops.registry import OPS, OpDef, get_op, register_op

@@ -284,7 +284,9 @@ def _sdpa_onnx(b, q, k, v, bias=None, scale=1.0, softcap=0.0, causal=False, wind
     qt, kt, vt = b.type_of(q), b.type_of(k), b.type_of(v)
     square = qt.shape[2] == kt.shape[2]
     full = None if bias is None else _full_bias(b, bias, q, k)
-    if SELF_ATTENTION == "gqa" and square and qt.shape[3] == vt.shape[3]:
+    # onnxruntime's GroupQueryAttention refuses a head size that is not a multiple of 8
+    if SELF_ATTENTION == "gqa" and square and qt.shape[3] == vt.shape[3] and \
+            qt.shape[3] % 8 == 0:
         out = _gqa_onnx(b, q, k, v, full, scale, softcap, causal, window)
     else:
         b.require_opset(23)  # ONNX Attention: GQA from the 4-D shapes, any float mask
@@ -350,7 +352,7 @@ def _gqa_onnx(b, q, k, v, full, scale, softcap, causal, window):
     return b.op("Transpose", b.op("Reshape", out, _i64(b, 0, 0, h, d)), perm=[0, 2, 1, 3])
 
 
-def _patch_empty_rows(b, out, bias, v, h):
+def _patch_empty_rows(b, out, bias, v, h, mean_v=None):
     """Rows whose every key is masked: the mean of all value rows, as the unfused form gives
     (all scores equal float32's lowest, so softmax is uniform). The kernels differ there: ONNX
     Attention's CPU kernel returns other values, and GroupQueryAttention with causal=1 averages
@@ -358,7 +360,8 @@ def _patch_empty_rows(b, out, bias, v, h):
     row_ok = b.memo(("row_ok", bias), lambda: b.op(  # [B|1, H|1, Tq|1, 1]
         "Greater", b.op("ReduceMax", bias, _i64(b, -1), keepdims=1), b.scalar(LOWEST / 2)))
     _, kv, _, dv = b.type_of(v).shape
-    mean_v = b.op("ReduceMean", v, _i64(b, 2), keepdims=1)  # [B, KV, 1, Dv]
+    if mean_v is None:  # else given [B, KV, 1, Dv] (sdpa_past: without reading the present)
+        mean_v = b.op("ReduceMean", v, _i64(b, 2), keepdims=1)
     if h != kv:  # kv head j serves query heads j*G .. j*G+G-1
         tiled = b.op("Tile", b.op("Unsqueeze", mean_v, _i64(b, 2)), _i64(b, 1, 1, h // kv, 1, 1))
         mean_v = b.op("Reshape", tiled, _i64(b, 0, h, 1, dv))

@@ -2,10 +2,15 @@
 
 Rule sets, in the order they get a try at each node:
 - `cleanup`: `dropout` (the identity at inference, kept to O1 so dumps show it) -> its input
-- `attention`  (fusions/attention.py): the scaled-dot-product core -> `sdpa`
+- `attention`  (fusions/attention.py): the scaled-dot-product core -> `sdpa` (`sdpa_past`
+  over a KV cache)
+- `rotary`     (fusions/rotary.py): `rope` and its attention factor -> `rotary`
 - `norms`      (fusions/norms.py): RMSNorm / LayerNorm, spelled out or as one op -> fused norms
 - `skip_norms` (fusions/norms.py): a fused norm of a residual sum -> a skip norm
 - `activations` (fusions/activations.py): GELU (with a projection bias) -> `fused_gelu`
+- `experts`    (fusions/experts.py): a dense mixture of experts (every expert on every token,
+  weighted by gates that are zero off-route) -> `moe_experts`, which runs each expert only
+  on the tokens routed to it
 
 `fuse(graph)` records what fired and, for rules that did not, the first reason why, in
 `graph.meta["fusions"]` (a `FusionReport`); `explain(graph)` renders it for a CLI flag, and
@@ -22,7 +27,9 @@ from dataclasses import dataclass, field
 from archc.ir.graph import Graph
 from archc.passes.fusions.activations import ACTIVATIONS
 from archc.passes.fusions.attention import ATTENTION
+from archc.passes.fusions.experts import EXPERTS
 from archc.passes.fusions.norms import NORMS, SKIPS
+from archc.passes.fusions.rotary import ROTARY
 from archc.passes.rewrite import Rule, RuleSet, apply_rules
 
 
@@ -39,7 +46,7 @@ class DropDropout(Rule):
 
 
 CLEANUP = RuleSet("cleanup", (DropDropout(),))
-RULESETS: tuple[RuleSet, ...] = (CLEANUP, ATTENTION, NORMS, SKIPS, ACTIVATIONS)
+RULESETS: tuple[RuleSet, ...] = (CLEANUP, ATTENTION, ROTARY, NORMS, SKIPS, ACTIVATIONS, EXPERTS)
 
 
 @dataclass

@@ -24,6 +24,14 @@ writes, so the numbers are unchanged, fully masked rows included (they stay unif
 an `and` of one with anything) and both positions count 0..T-1 over the same dims, no query
 sees a later key, and with `window = w` none sees a key w or more places back. Kernels use
 that to skip work (GroupQueryAttention's causal and local_window_size).
+
+Over a KV cache (`lower(..., cache=True)`), rules `sdpa_past` / `sdpa_past_where` go first:
+when K and V are concat(past_key_values.N.*, new, axis=2) of an unbounded cache and the mask is
+causal over the cached positions (query i = token past + i), the core and both concats become
+one `sdpa_past` (archc/ops/sdpa_past.py: GroupQueryAttention with past_key/past_value ->
+present_key/present_value), which also produces the `present.N.*` outputs. A bounded cache (a
+sliding window keeps the last window - 1 entries) stays with `sdpa`: GQA's present would keep
+every key. What `sdpa_past` refuses falls to the rules above.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from archc.ir.graph import Node
-from archc.ir.types import ShapeError
+from archc.ir.types import ShapeError, TensorType
 from archc.ops import OPS
 from archc.passes.fusions.common import float32, is_last_axis, scalar
 from archc.passes.rewrite import Match, MatchFailure, Pattern, Rule, RuleSet
@@ -149,6 +157,10 @@ class Sdpa(Rule):
         return m
 
     def rewrite(self, op, m):
+        attrs, bias = self._attrs_bias(op, m)
+        return op.sdpa(m["q"], m["k"], m["v0"], *([bias] if bias is not None else []), **attrs)
+
+    def _attrs_bias(self, op, m) -> tuple[dict, Node | None]:
         steps = {n: m[n] for n in ("bias", "softcap", "scale") if n in m}
         attrs = {"scale": scalar(steps["scale"]["scale"]) if "scale" in steps else 1.0}
         if "softcap" in steps:
@@ -163,7 +175,89 @@ class Sdpa(Rule):
             if not (causal and keep.op == "causal_mask" and bias is None):  # else: no bias
                 zero = op.const(np.float32(0.0)) if bias is None else bias
                 bias = op.where(keep, zero, op.const(np.float32(LOWEST)))
-        return op.sdpa(m["q"], m["k"], m["v0"], *([bias] if bias is not None else []), **attrs)
+        return attrs, bias
 
 
-ATTENTION = RuleSet("attention", (Sdpa("mask_fill"), Sdpa("where"), Sdpa("")))
+def _op(n: Node, op: str, **attrs) -> bool:
+    return n.kind == "op" and n.op == op and all(n.attrs.get(k) == v for k, v in attrs.items())
+
+
+def _cached(cat: Node, what: str) -> MatchFailure | None:
+    """cat = concat(past_key_values.N.*, new, axis=2) with an unbounded cache."""
+    if not (_op(cat, "concat", axis=2) and len(cat.inputs) == 2
+            and cat.inputs[0].kind == "input"):
+        return Match.fail(f"the {what} {cat!r} are not a KV cache (concat of a past input and "
+                          "the new ones on the sequence axis)", cat)
+    past = cat.inputs[0].type.shape[2]
+    if past != "past":
+        return Match.fail(f"the {what} cache {cat.inputs[0]!r} is bounded ({past}): "
+                          "GroupQueryAttention's present keeps every key", cat.inputs[0])
+    return None
+
+
+def _offset_causal(keep: Node, q: Node, cat: Node) -> bool:
+    """keep is (an `and` of) causal_mask(qpos, kpos) where kpos = positions(mask) counts the
+    past and new tokens (the cache's length) and qpos = positions(x) + (len(mask) - len(x)):
+    query i is token P + i, which is GroupQueryAttention's causal with past."""
+    if _op(keep, "logical_and"):
+        return any(_offset_causal(leaf, q, cat) for leaf in keep.inputs)
+    if not _op(keep, "causal_mask") or keep.attrs.get("window", 0):
+        return False
+    qpos, kpos = keep.inputs
+    mask = kpos.inputs[0] if _op(kpos, "positions", axis=1) else None
+    if mask is None or mask.type.shape[1] != cat.type.shape[2] or not _op(qpos, "add"):
+        return False
+    for pos, off in (qpos.inputs, qpos.inputs[::-1]):
+        if (_op(pos, "positions") and _op(off, "sub") and pos.type.shape == (q.type.shape[2],)
+                and _op(off.inputs[0], "dim_size", axis=1) and off.inputs[0].inputs[0] is mask
+                and _op(off.inputs[1], "dim_size", axis=pos.attrs["axis"])
+                and off.inputs[1].inputs[0] is pos.inputs[0]):
+            return True
+    return False
+
+
+class SdpaPast(Sdpa):
+    """Attention over a KV cache -> `sdpa_past` (GroupQueryAttention with past and present):
+    the keys and values are concat(past input, new) and the mask is causal over the cached
+    positions. Runs before `sdpa_masked`/`sdpa_where`, which take what it refuses."""
+
+    def __init__(self, mask: str):
+        super().__init__(mask)
+        self.name = {"mask_fill": "sdpa_past", "where": "sdpa_past_where"}[mask]
+
+    def check(self, m: Match):
+        m = super().check(m)
+        if isinstance(m, MatchFailure):
+            return m
+        k, v = m["k"], m["v0"]
+        if fail := _cached(k, "keys") or _cached(v, "values"):
+            return fail
+        if m["q"].type.shape[3] != v.type.shape[3]:
+            return Match.fail(f"value head dim {v.type.shape[3]} differs from the query's "
+                              f"{m['q'].type.shape[3]}: GroupQueryAttention takes one", v)
+        if not _offset_causal(m["keep"], m["q"], k):
+            return Match.fail(f"the mask {m['keep']!r} is not causal over the cached "
+                              "positions (query i = token past + i)", m["keep"])
+        (pk, kn), (pv, vn) = k.inputs, v.inputs
+        try:
+            OPS["sdpa_past"].infer(m["q"].type, kn.type, vn.type, pk.type, pv.type,
+                                   TensorType("float32", m["keep"].type.shape), scale=1.0)
+        except ShapeError as e:
+            return Match.fail(f"sdpa_past cannot take these shapes: {e}", m.root)
+        m.outs.update(present_k=k, present_v=v)
+        return m
+
+    def rewrite(self, op, m):
+        attrs, bias = self._attrs_bias(op, m)
+        attrs = {n: attrs[n] for n in ("scale", "softcap") if n in attrs}
+        if bias is None:  # sdpa_past takes the whole mask as its bias
+            bias = op.where(m["keep"], op.const(np.float32(0.0)), op.const(np.float32(LOWEST)))
+        (pk, k), (pv, v) = m["present_k"].inputs, m["present_v"].inputs
+        t = op.sdpa_past(m["q"], k, v, pk, pv, bias, causal=True, **attrs)
+        return {"": op.tuple_get(t, index=0),
+                "present_k": op.kv_present(t, pk, k, index=1),
+                "present_v": op.kv_present(t, pv, v, index=2)}
+
+
+ATTENTION = RuleSet("attention", (SdpaPast("mask_fill"), SdpaPast("where"), Sdpa("mask_fill"),
+                                  Sdpa("where"), Sdpa("")))

@@ -1,0 +1,199 @@
+"""Attention over a KV cache: the target of the `sdpa_past` rules (fusions/attention.py).
+
+    t = sdpa_past(q, k, v, past_k, past_v, bias) {scale, softcap, causal}
+    out = tuple_get(t) {index=0}                         [B, H, T, Dv]
+    present_k = kv_present(t, past_k, k) {index=1}       [B, KV, P+T, D]  (past ++ new)
+    present_v = kv_present(t, past_v, v) {index=2}
+
+is sdpa(q, concat(past_k, k), concat(past_v, v), bias) with the concatenations as two more
+results. `causal` here is aligned at the bottom right: query i is token P + i and sees the keys
+up to it (the cache's positions; `sdpa`'s causal counts both from 0). `kv_present` reads a
+result like `tuple_get` and takes the two halves only for its type (a tuple has one type, and
+the results differ in length).
+
+Lowering (CACHED_ATTENTION, measured below): ONNX Attention (opset 23) over concat(past, new),
+or with past_key/past_value [B, KV, P, D] -> present_key/present_value [B, KV, P+T, D]; either
+way the causal mask (bottom right) goes into the bias, as its is_causal aligns top left. Or
+com.microsoft GroupQueryAttention with past: seqlens_k = P+T-1 (int32, every row: padding is in
+the bias, which carries the whole mask), total_sequence_length = P+T (int32 scalar), causal=1;
+GQA's causal mask only hides keys the bias hides too. Its CPU kernel refuses several new tokens
+after a past when the batch has more than one row, so an ONNX `If` takes ONNX Attention then (a
+chunked prefill of a batch). Fully masked rows get the mean of the values, as in `sdpa`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from archc.ir.types import ShapeError, TensorType
+from archc.ops.fused import LOWEST, MS, _f32, _i64, _patch_empty_rows, sdpa
+from archc.ops.registry import register_op
+
+
+def _concat_type(past: TensorType, new: TensorType) -> TensorType:
+    from archc.ops import OPS
+
+    return OPS["concat"].infer(past, new, axis=2)
+
+
+def _infer(q: TensorType, k: TensorType, v: TensorType, pk: TensorType, pv: TensorType,
+           bias: TensorType, scale: float = 1.0, softcap: float = 0.0,
+           causal: bool = False) -> TensorType:
+    _f32(q, k, v, pk, pv, bias)
+    from archc.ops import OPS
+
+    for past, new in ((pk, k), (pv, v)):
+        if past.rank != 4 or past.shape[:2] + past.shape[3:] != new.shape[:2] + new.shape[3:]:
+            raise ShapeError(f"sdpa_past: the cache {past} does not fit the new keys {new}")
+    if q.shape[2] != k.shape[2]:
+        raise ShapeError(f"sdpa_past: {q} and the new keys {k} differ in length")
+    kk = _concat_type(pk, k)
+    return OPS["sdpa"].infer(q, kk, _concat_type(pv, v), bias, scale=scale, softcap=softcap)
+
+
+def sdpa_past(q, k, v, pk, pv, bias, scale=1.0, softcap=0.0, causal=False):
+    """[B,H,T,D], [B,KV,T,D] x2, [B,KV,P,D] x2, bias -> (out, past ++ k, past ++ v)"""
+    kk, vv = np.concatenate([pk, k], axis=2), np.concatenate([pv, v], axis=2)
+    if causal:  # query i is token P + i: keys j > P + i are hidden
+        t, n = q.shape[2], kk.shape[2]
+        keep = np.arange(n)[None, :] <= np.arange(n - t, n)[:, None]
+        bias = np.where(keep, bias, np.float32(LOWEST)).astype(np.float32)
+    return sdpa(q, kk, vv, bias, scale=scale, softcap=softcap), kk, vv
+
+
+def _total(b, q, pk) -> str:
+    """P + T as [1] int64, once per model: every layer's cache has the same length."""
+    return b.memo(("past_total", b.type_of(pk).shape[2], b.type_of(q).shape[2]), lambda: b.op(
+        "ReduceSum", b.op("Concat", b.op("Shape", pk, start=2, end=3),
+                          b.op("Shape", q, start=2, end=3), axis=0), keepdims=1))
+
+
+def _gqa_lengths(b, q, total) -> tuple[str, str]:
+    """GQA's seqlens_k [B] int32 = P + T - 1 for every row, and total_sequence_length (an int32
+    scalar), once per model."""
+    def emit():
+        n = b.op("Cast", total, to=6)
+        seqlens = b.op("Expand", b.op("Sub", n, b.const(np.array([1], np.int32))),
+                       b.op("Shape", q, start=0, end=1))
+        return seqlens, b.op("Squeeze", n, _i64(b, 0))
+    return b.memo(("gqa_lengths", total), emit)
+
+
+def _gqa_can_run(b, q, pk) -> str:
+    """onnxruntime's CPU GroupQueryAttention refuses several new tokens after a past in a batch
+    of more than one ("batch_size must be 1 when sequence_length > 1 and past context is
+    given"): true when T = 1, P = 0 or B = 1, once per model."""
+    def emit():
+        one, zero = _i64(b, 1), _i64(b, 0)
+        t, p = b.op("Shape", q, start=2, end=3), b.op("Shape", pk, start=2, end=3)
+        ok = b.op("Or", b.op("Equal", t, one), b.op("Equal", p, zero))
+        ok = b.op("Or", ok, b.op("Equal", b.op("Shape", q, start=0, end=1), one))
+        return b.op("Squeeze", ok, zero)
+    return b.memo(("gqa_can_run", b.type_of(pk).shape[2], b.type_of(q).shape[2]), emit)
+
+
+def _causal_bias(b, q, bias, total) -> str:
+    """bias where key j <= P + i (query i is token P + i), float32's lowest elsewhere."""
+    def emit():
+        t = b.op("Squeeze", b.op("Shape", q, start=2, end=3), _i64(b, 0))
+        n = b.op("Squeeze", total, _i64(b, 0))
+        zero, one = b.const(np.array(0, np.int64)), b.const(np.array(1, np.int64))
+        i = b.op("Unsqueeze", b.op("Range", b.op("Sub", n, t), n, one), _i64(b, 1))
+        keep = b.op("LessOrEqual", b.op("Range", zero, n, one), i)
+        return b.op("Where", keep, bias, b.scalar(LOWEST))
+    return b.memo(("past_causal", bias), emit)
+
+
+def _branch(b, name: str, emit) -> onnx.GraphProto:
+    """The nodes `emit()` adds, as a subgraph returning its results (outer names are in scope)."""
+    saved, b.nodes = b.nodes, []
+    outs = emit()
+    nodes, b.nodes = b.nodes, saved
+    for node in nodes:
+        node.name = f"{name}_{node.name}"
+    return helper.make_graph(nodes, name, [], [
+        helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs])
+
+
+# What `sdpa_past` lowers to: "concat" for ONNX Attention (opset 23) over concat(past, new),
+# the presents being the two Concats; "onnx" for ONNX Attention with past_key/past_value ->
+# present_key/present_value; "gqa" for com.microsoft GroupQueryAttention with past (behind the
+# `If` above). Measured by `benchmarks/prefill.py --past 128,1024,4096 --reps 20` (LLaMA-shaped
+# 55M, 8 layers, 8/2 heads of 64; 1 token after P; onnxruntime 1.32 CPU, 2 threads), ms a step:
+#     P       concat   onnx past   gqa past
+#     128     6.01     6.08        6.42
+#     1024    6.77     7.40        7.63
+#     4096    10.36    12.15       15.00
+# The past-taking kernels are slower on CPU past a few hundred tokens, so "concat" is the
+# default; "gqa" is the layout onnxruntime-genai and GPU kernels expect.
+CACHED_ATTENTION = "concat"
+
+
+def _onnx(b, q, k, v, pk, pv, bias, scale=1.0, softcap=0.0, causal=False):
+    """[B, H, T, Dv] and the presents, by CACHED_ATTENTION."""
+    (_, h, _, d), (kv, dv) = b.type_of(q).shape, (b.type_of(k).shape[1], b.type_of(v).shape[3])
+    total = _total(b, q, pk)
+    if b.type_of(bias).rank != 4 or b.type_of(bias).shape[2:] != (
+            b.type_of(q).shape[2], _concat_type(b.type_of(pk), b.type_of(k)).shape[2]):
+        bias = b.memo(("past_bias", bias), lambda: b.op("Expand", bias, b.op(  # [.., T, P+T]
+            "Concat", _i64(b, 1, 1), b.op("Shape", q, start=2, end=3), total, axis=0)))
+    extra = {"softcap": float(softcap)} if softcap else {}
+    b.require_opset(23)
+    # ONNX Attention's is_causal aligns top left: the causal mask goes in the bias
+    masked = _causal_bias(b, q, bias, total) if causal else bias
+
+    def gqa():  # [B, T, H*Dv], presents
+        seqlens, n = lengths
+        bsd = [b.op("Reshape", b.op("Transpose", x, perm=[0, 2, 1, 3]), _i64(b, 0, 0, m * e))
+               for x, m, e in ((q, h, d), (k, kv, d), (v, kv, dv))]
+        return b.op_multi("GroupQueryAttention", *bsd, pk, pv, seqlens, n, "", "", "", bias,
+                          n=3, domain=MS, num_heads=h, kv_num_heads=kv, scale=float(scale),
+                          causal=int(causal), **extra)
+
+    def general():  # [B, H, T, Dv], presents
+        if CACHED_ATTENTION == "concat":
+            kk, vv = b.op("Concat", pk, k, axis=2), b.op("Concat", pv, v, axis=2)
+            return [b.op("Attention", q, kk, vv, masked, scale=float(scale), **extra), kk, vv]
+        return b.op_multi("Attention", q, k, v, masked, pk, pv, n=3, scale=float(scale),
+                          **extra)
+    if CACHED_ATTENTION != "gqa" or d % 8 or dv != d:  # GQA: one head size, a multiple of 8
+        outs = general()
+        out = outs[0]
+    else:
+        lengths = _gqa_lengths(b, q, total)  # outside the branch: every layer reads them
+
+        def flat():
+            out, *presents = general()
+            return [b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]),
+                         _i64(b, 0, 0, h * dv)), *presents]
+        outs = b.op_multi("If", _gqa_can_run(b, q, pk), n=3,
+                          then_branch=_branch(b, "gqa", gqa),
+                          else_branch=_branch(b, "attention", flat))
+        out = b.op("Transpose", b.op("Reshape", outs[0], _i64(b, 0, 0, h, dv)),
+                   perm=[0, 2, 1, 3])
+    # rows the causal mask empties too; the mean of the values from the past and the new ones,
+    # so that nothing else reads the presents and onnxruntime drops the Identity copies that
+    # name them as outputs (1.7 ms a step at P = 4096 in benchmarks/prefill.py)
+    sums = [b.op("ReduceSum", x, _i64(b, 2), keepdims=1) for x in (pv, v)]
+    mean_v = b.op("Div", b.op("Add", *sums), b.op("Cast", total, to=1))
+    b.types[outs[2]] = _concat_type(b.type_of(pv), b.type_of(v))
+    out = _patch_empty_rows(b, out, masked, outs[2], h, mean_v)
+    b.outputs_of[out] = (out, outs[1], outs[2])
+    return out
+
+
+register_op("sdpa_past", 6, {"scale": True, "softcap": False, "causal": False},
+            infer=_infer, numpy=sdpa_past, onnx=_onnx)
+
+
+def _present_infer(t: TensorType, past: TensorType, new: TensorType, index: int) -> TensorType:
+    if index not in (1, 2):
+        raise ShapeError(f"kv_present reads result 1 or 2 of sdpa_past, not {index}")
+    return _concat_type(past, new)
+
+
+register_op("kv_present", 3, {"index": True}, infer=_present_infer,
+            numpy=lambda t, past, new, index: t[index],
+            onnx=lambda b, t, past, new, index: b.outputs_of[t][index])

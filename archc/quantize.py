@@ -1,0 +1,208 @@
+"""Weight-only quantization: a pass over the IR that changes how weights are stored.
+
+`quantize(graph, weights, dtype, block, symmetric)` returns the graph and the weights as they go
+into the ONNX file (`archc compile --weights-dtype`). It runs after the pipeline (it rewrites
+`matmul` and `gather` nodes, which the fusions leave alone) and mutates `graph` in place.
+
+- `int8` / `int4`: every `matmul` whose right operand is a 2-D parameter — `x @ W` with W stored
+  [K, N] (archc's linear layout), or `x @ transpose(T)` with a [N, K] table (a tied LM head) —
+  becomes `matmul_nbits` (archc/ops/quant.py) over three new parameters `NAME.qweight`,
+  `NAME.scales` and, unless `symmetric`, `NAME.zero_points` (`NAME.t.*` for the transposed
+  case), with MatMulNBits' `accuracy_level` from ACCURACY_LEVEL. Blocks of `block` weights
+  along K share a scale:
+    symmetric:   s = m / -2^(bits-1), m the block's element of largest magnitude, zp = 2^(bits-1)
+                 (m itself is exact; one more level than max|w| / (2^(bits-1) - 1))
+    zero points: s = (max(w, 0) - min(w, 0)) / (2^bits - 1), zp = round(-min(w, 0) / s)
+    q = clip(round(w / s) + zp, 0, 2^bits - 1),  w ~ (q - zp) * s
+  `gather(T, ids)` of a 2-D table (token and position embeddings) becomes `gather_nbits`
+  (GatherBlockQuantized) over `NAME.rows.*`, the same kind of codes laid out by rows, always
+  8-bit (EMBEDDING_BITS): decode reads one row per token, so this saves file size and memory,
+  not time (`embeddings=False` keeps the tables float32). A tied table gets both copies. A
+  parameter nothing reads any more is dropped. Other weights (norms, biases) stay float32.
+- `float16`: every float32 parameter is stored as float16 with a `cast` to float32 after it.
+  onnxruntime folds the cast when it loads the model, so this halves the file, not decode time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from archc.diagnostics import ArchcError, Diagnostic
+from archc.ir.graph import Graph, Node
+from archc.ir.types import TensorType
+from archc.ops.quant import n_blocks, pack
+from archc.passes.infer_shapes import infer_node
+
+DTYPES = ("float16", "int8", "int4")
+BLOCKS = (32, 64, 128)
+# MatMulNBits `accuracy_level` (archc/ops/quant.py): 4, int8 activations, as onnxruntime-genai's
+# CPU int4 models use. Measured on onnxruntime 1.32's CPU EP (benchmarks/quantized_decode.py):
+# int8 weights at level 0 decode ~5x slower than float32; int4 at level 4 is ~1.3x faster than
+# at level 0, for the same quality (max |dlogit| 0.60 vs 0.59, top-1 0.53 vs 0.52)
+ACCURACY_LEVEL = 4
+# Embedding tables are stored int8 at both int8 and int4: decode reads one row a token, so their
+# bits buy file size and memory, not time, and at 4 bits they cost quality (benchmarks/
+# quantized_decode.py: top-1 agreement 0.35 against 0.51 with the tables float32)
+EMBEDDING_BITS = 8
+
+
+def quantize(graph: Graph, weights: dict[str, np.ndarray], dtype: str, block: int = 32,
+             symmetric: bool = False, accuracy_level: int | None = None,
+             embeddings: bool = True) -> tuple[Graph, dict[str, np.ndarray]]:
+    """`accuracy_level` overrides ACCURACY_LEVEL (0 or 4) for int8/int4; `embeddings=False`
+    keeps gathered tables float32."""
+    if dtype not in DTYPES:
+        raise ArchcError([Diagnostic("E0400", f"unknown weights dtype `{dtype}`",
+                                     help=f"use one of {', '.join(DTYPES)}")])
+    if block not in BLOCKS:
+        raise ArchcError([Diagnostic("E0400", f"quantization block size {block} is not "
+                                     "supported", help="use 32, 64 or 128")])
+    if accuracy_level not in (None, 0, 4):
+        raise ArchcError([Diagnostic("E0400", f"MatMulNBits accuracy level {accuracy_level} is "
+                                     "not supported", help="use 0 (float32 activations) or 4 "
+                                     "(int8 activations)")])
+    weights = {k: weights[k] for k in graph.params}
+    if dtype == "float16":
+        _store_float16(graph, weights)
+    else:
+        bits = int(dtype[3:])
+        level = ACCURACY_LEVEL if accuracy_level is None else accuracy_level
+        _quantize_weights(graph, weights, bits, block, symmetric, level, embeddings)
+    return graph, weights
+
+
+def quantize_weight(w: np.ndarray, bits: int, block: int, symmetric: bool):
+    """W [N, K] -> (qweight uint8 [N, nb, block*bits/8], scales float32 [N*nb],
+    zero_points uint8 packed [N * ceil(nb*bits/8)] or None): MatMulNBits' layout."""
+    w = np.asarray(w, np.float32)
+    n, k = w.shape
+    nb = n_blocks(k, block)
+    blocks = np.zeros((n, nb * block), np.float32)
+    blocks[:, :k] = w  # zero padding: inside every block's [min, max], so it costs nothing
+    blocks = blocks.reshape(n, nb, block)
+    top = 2 ** bits - 1
+    if symmetric:
+        m = np.take_along_axis(blocks, np.abs(blocks).argmax(-1)[..., None], -1)[..., 0]
+        scale = m / np.float32(-(2 ** (bits - 1)))
+        zp = np.full((n, nb), 2 ** (bits - 1), np.float32)
+    else:
+        lo, hi = np.minimum(blocks.min(-1), 0), np.maximum(blocks.max(-1), 0)
+        scale = (hi - lo) / np.float32(top)
+        zp = np.clip(np.rint(-lo / np.where(scale == 0, 1, scale)), 0, top)
+    scale = np.where(scale == 0, np.float32(1), scale).astype(np.float32)  # an all-zero block
+    q = np.clip(np.rint(blocks / scale[..., None]) + zp[..., None], 0, top).astype(np.uint8)
+    qweight = pack(q, bits)
+    if symmetric:
+        return qweight, scale.reshape(-1), None
+    per = 8 // bits  # zero points of one row, padded to whole bytes
+    zrow = np.zeros((n, n_blocks(nb, per) * per), np.uint8)
+    zrow[:, :nb] = zp
+    return qweight, scale.reshape(-1), pack(zrow, bits).reshape(-1)
+
+
+def _match(node: Node, embeddings: bool) -> tuple[Node, str] | None:
+    """(param, layout) when `node` reads a 2-D float32 parameter that can be stored quantized:
+    `x @ W` (layout "kn": W [K, N]), `x @ transpose(T)` ("nk": T [N, K]) or, with
+    `embeddings`, `gather(T, ids)` ("rows": T [rows, C])."""
+    if node.kind != "op" or node.inputs[0].type.dtype != "float32":
+        return None
+    if node.op == "matmul":
+        v = node.inputs[1]
+        nk = v.kind == "op" and v.op == "transpose" and tuple(v.attrs["perm"]) == (1, 0)
+        p, layout = (v.inputs[0], "nk") if nk else (v, "kn")
+    elif node.op == "gather" and embeddings and node.attrs.get("axis", 0) == 0:
+        p, layout = node.inputs[0], "rows"
+    else:
+        return None
+    if p.kind != "param" or p.type.dtype != "float32" or p.type.rank != 2:
+        return None
+    return p, layout
+
+
+def _quantize_weights(graph: Graph, weights, bits: int, block: int, symmetric: bool,
+                      level: int, embeddings: bool) -> None:
+    done: dict[tuple[str, str], tuple[Node, ...]] = {}
+    for node in graph.nodes():
+        found = _match(node, embeddings)
+        if found is None:
+            continue
+        p, layout = found
+        nbits = EMBEDDING_BITS if layout == "rows" else bits
+        if (p.name, layout) not in done:
+            done[p.name, layout] = _add_quantized(graph, weights, p, layout, nbits, block,
+                                                  symmetric)
+        params = done[p.name, layout]
+        if layout == "rows":  # gather_nbits(data, ids, scales, zero_points)
+            inputs, attrs = (params[0], node.inputs[1], *params[1:]), {}
+        else:
+            inputs = (node.inputs[0], *params)
+            n, k = p.type.shape if layout == "nk" else p.type.shape[::-1]
+            attrs = {"K": k, "N": n, "accuracy_level": level}
+        new = graph.add_op(f"{node.op}_nbits", inputs, {**attrs, "bits": nbits,
+                                                         "block_size": block},
+                           scope=node.scope, span=node.span)
+        new.type = infer_node(new)
+        graph.replace_all_uses_with(node, new)
+        graph.erase_node(node)
+        operand = node.inputs[1]
+        if layout == "nk" and not graph.users(operand):
+            graph.erase_node(operand)
+    for name in sorted({name for name, _ in done}):
+        p = graph.params[name]
+        if not graph.users(p) and not graph.is_output(p):
+            graph.erase_node(p)
+            del weights[name]
+            graph.param_uses.pop(name, None)
+
+
+def _add_quantized(graph: Graph, weights, p: Node, layout: str, bits: int, block: int,
+                   symmetric: bool) -> tuple[Node, ...]:
+    """New params holding `p` quantized: NAME.{qweight,scales,zero_points} for "kn",
+    NAME.t.* for "nk", NAME.rows.* for "rows" (GatherBlockQuantized's 2-D shapes)."""
+    w = weights[p.name].T if layout == "kn" else weights[p.name]  # [N, K]
+    n, k = w.shape
+    arrays = dict(zip(("qweight", "scales", "zero_points"),
+                      quantize_weight(w, bits, block, symmetric)))
+    if layout == "rows":
+        arrays = {part: None if a is None else np.ascontiguousarray(
+            a.reshape(n, -1)[:, :k * bits // 8] if part == "qweight" else a.reshape(n, -1))
+            for part, a in arrays.items()}
+    stem = {"kn": p.name, "nk": f"{p.name}.t", "rows": f"{p.name}.rows"}[layout]
+    nodes = []
+    for part, a in arrays.items():
+        if a is None:
+            continue
+        name = f"{stem}.{part}"
+        if name in graph.params:
+            raise ArchcError([Diagnostic("E0400", f"cannot quantize `{p.name}`: a parameter "
+                                         f"`{name}` already exists")])
+        dtype = "float32" if part == "scales" else "uint8"
+        nodes.append(graph.add_param(name, TensorType(dtype, a.shape), **p.attrs))
+        graph.param_uses[name] = graph.param_uses.get(p.name, 1)
+        weights[name] = a
+    return tuple(nodes)
+
+
+def _store_float16(graph: Graph, weights) -> None:
+    """W -> cast(W as float16, float32): the param node keeps its name and users read the cast.
+    A weight beyond float16's range (|w| > 65504) is an error, not a silent infinity."""
+    big = [n for n in sorted(graph.params) if graph.params[n].type.dtype == "float32" and
+           np.abs(weights[n]).max(initial=0) > np.finfo(np.float16).max]
+    if big:
+        raise ArchcError([Diagnostic("E0400", f"{len(big)} weight(s) exceed float16's range, "
+                                     f"first `{big[0]}`", help="use `--weights-dtype int8` or "
+                                     "float32")])
+    for name in sorted(graph.params):
+        p = graph.params[name]
+        if p.type.dtype != "float32":
+            continue
+        users = graph.users(p)
+        weights[name] = weights[name].astype(np.float16)
+        p.type = p.type.with_dtype("float16")
+        cast = graph.add_op("cast", (p,), {"to": "float32"}, scope=p.scope)
+        cast.type = infer_node(cast)
+        for user in users:
+            graph.set_inputs(user, tuple(cast if i is p else i for i in user.inputs))
+        for out, node in graph.outputs.items():
+            if node is p:
+                graph.outputs[out] = cast
