@@ -134,7 +134,8 @@ def _stored(args, graph, weights):
     from archc.quantize import quantize
 
     return quantize(graph, weights, args.weights_dtype, block=args.block_size,
-                    symmetric=args.symmetric)
+                    symmetric=args.symmetric, embeddings=not args.float_embeddings,
+                    accuracy_level={"int8": 4, "float32": 0}[args.activations])
 
 
 def cmd_run(args) -> int:
@@ -279,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--block-size", type=int, choices=(32, 64, 128), default=32,
                    help="int8/int4 quantization block size (default 32)")
     c.add_argument("--symmetric", action="store_true", help="int8/int4 without zero points")
+    c.add_argument("--activations", choices=("int8", "float32"), default="int8",
+                   help="int8/int4: what MatMulNBits computes the activations in (int8: "
+                   "fastest; float32: matches the NumPy backend to 1e-4)")
+    c.add_argument("--float-embeddings", action="store_true", help="int8/int4: keep "
+                   "embedding tables float32 (a decode step reads one row of them)")
     c.add_argument("--genai", metavar="DIR", help="write DIR/model.onnx with the KV cache and "
                    "the genai_config.json that onnxruntime-genai reads (decoders)")
     c.add_argument("--triton", metavar="DIR", help="write a Triton Inference Server model "

@@ -323,3 +323,20 @@ def test_bad_settings_are_diagnostics(capsys):
         _one_op([arrays[0], arrays[1], arrays[2][:-1]], attrs)
     with pytest.raises(ShapeError, match="bits 4 or 8"):
         _one_op(arrays, {**attrs, "bits": 3})
+
+
+def test_cli_float32_activations_and_float_embeddings(tmp_path):
+    """`--activations float32` (accuracy level 0) and `--float-embeddings` reach the file."""
+    out = tmp_path / "m.onnx"
+    assert main(["compile", LLAMA, "-o", str(out), "--weights-dtype", "int4",
+                 "--activations", "float32", "--float-embeddings"]) == 0
+    model = onnx.load(str(out))
+    levels = {a.i for n in model.graph.node if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {0}
+    assert not any(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
+    assert main(["compile", LLAMA, "-o", str(out), "--weights-dtype", "int4"]) == 0
+    model = onnx.load(str(out))
+    assert any(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
+    assert {a.i for n in model.graph.node if n.op_type == "MatMulNBits"
+            for a in n.attribute if a.name == "accuracy_level"} == {4}
