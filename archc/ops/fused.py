@@ -352,7 +352,7 @@ def _gqa_onnx(b, q, k, v, full, scale, softcap, causal, window):
     return b.op("Transpose", b.op("Reshape", out, _i64(b, 0, 0, h, d)), perm=[0, 2, 1, 3])
 
 
-def _patch_empty_rows(b, out, bias, v, h, mean_v=None):
+def _patch_empty_rows(b, out, bias, v, h):
     """Rows whose every key is masked: the mean of all value rows, as the unfused form gives
     (all scores equal float32's lowest, so softmax is uniform). The kernels differ there: ONNX
     Attention's CPU kernel returns other values, and GroupQueryAttention with causal=1 averages
@@ -360,8 +360,7 @@ def _patch_empty_rows(b, out, bias, v, h, mean_v=None):
     row_ok = b.memo(("row_ok", bias), lambda: b.op(  # [B|1, H|1, Tq|1, 1]
         "Greater", b.op("ReduceMax", bias, _i64(b, -1), keepdims=1), b.scalar(LOWEST / 2)))
     _, kv, _, dv = b.type_of(v).shape
-    if mean_v is None:  # else given [B, KV, 1, Dv] (sdpa_past: without reading the present)
-        mean_v = b.op("ReduceMean", v, _i64(b, 2), keepdims=1)
+    mean_v = b.op("ReduceMean", v, _i64(b, 2), keepdims=1)  # [B, KV, 1, Dv]
     if h != kv:  # kv head j serves query heads j*G .. j*G+G-1
         tiled = b.op("Tile", b.op("Unsqueeze", mean_v, _i64(b, 2)), _i64(b, 1, 1, h // kv, 1, 1))
         mean_v = b.op("Reshape", tiled, _i64(b, 0, h, 1, dv))

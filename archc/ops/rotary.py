@@ -12,9 +12,10 @@ Lowering: ONNX `RotaryEmbedding` (opset 23) without position_ids, whose cos/sin 
 then [B, T, R], one row per token: cos(angles) * scale and sin(angles) * scale, computed once per
 angles tensor and shared by q, k and every layer. onnxruntime 1.32's com.microsoft
 RotaryEmbedding (input, position_ids, cos_cache [max_pos, R], sin_cache) was measured against
-it on CPU, 2 threads, x [1, 8, T, 64], best of 15 x 50 runs: T = 1, 6.4 us (ONNX) vs 7.0 us
-(contrib); T = 512, 40-44 us both, within noise. The standard op wins on decode, needs no
-position_ids and takes per-batch angles as they are, so it is the one used.
+it (`benchmarks/prefill.py --rotary`: CPU, 2 threads, x [1, 8, T, 64], full and half rotary,
+both layouts, best of 15 means of 50 runs): T = 1, 6.6 us (ONNX) vs 7.2-7.3 us (contrib);
+T = 512, 37-47 us vs 41-67 us. The standard op is as fast or faster, needs no position_ids and
+takes per-batch angles as they are, so it is the one used.
 """
 
 from __future__ import annotations

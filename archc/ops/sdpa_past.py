@@ -120,68 +120,67 @@ def _branch(b, name: str, emit) -> onnx.GraphProto:
 # What `sdpa_past` lowers to: "concat" for ONNX Attention (opset 23) over concat(past, new),
 # the presents being the two Concats; "onnx" for ONNX Attention with past_key/past_value ->
 # present_key/present_value; "gqa" for com.microsoft GroupQueryAttention with past (behind the
-# `If` above). Measured by `benchmarks/prefill.py --past 128,1024,4096 --reps 20` (LLaMA-shaped
-# 55M, 8 layers, 8/2 heads of 64; 1 token after P; onnxruntime 1.32 CPU, 2 threads), ms a step:
-#     P       concat   onnx past   gqa past
-#     128     6.01     6.08        6.42
-#     1024    6.77     7.40        7.63
-#     4096    10.36    12.15       15.00
-# The past-taking kernels are slower on CPU past a few hundred tokens, so "concat" is the
-# default; "gqa" is the layout onnxruntime-genai and GPU kernels expect.
+# `If` above). Measured by `benchmarks/prefill.py --past 128,1024,4096` (LLaMA-shaped 55M, 8
+# layers, 8/2 heads of 64; 1 token after P; onnxruntime 1.32 CPU, 2 threads; best of 5 means of
+# 20 steps), ms a step, against -O2 without `sdpa_past` (Attention over Concat nodes, as before):
+#     P       before   concat   onnx past   gqa past
+#     128     6.21     6.17     5.89        6.33
+#     1024    7.07     6.95     7.26        7.74
+#     4096    10.62    10.45    10.62       11.40
+# Within a few % of each other (this machine is shared: runs vary by ~5%), GQA the slowest past
+# 1k tokens; "concat" is never behind the graph before, so it is the default. "gqa" is the
+# layout onnxruntime-genai and GPU kernels expect.
 CACHED_ATTENTION = "concat"
 
 
 def _onnx(b, q, k, v, pk, pv, bias, scale=1.0, softcap=0.0, causal=False):
     """[B, H, T, Dv] and the presents, by CACHED_ATTENTION."""
-    (_, h, _, d), (kv, dv) = b.type_of(q).shape, (b.type_of(k).shape[1], b.type_of(v).shape[3])
+    (_, h, _, d), dv = b.type_of(q).shape, b.type_of(v).shape[3]
     total = _total(b, q, pk)
     if b.type_of(bias).rank != 4 or b.type_of(bias).shape[2:] != (
             b.type_of(q).shape[2], _concat_type(b.type_of(pk), b.type_of(k)).shape[2]):
         bias = b.memo(("past_bias", bias), lambda: b.op("Expand", bias, b.op(  # [.., T, P+T]
             "Concat", _i64(b, 1, 1), b.op("Shape", q, start=2, end=3), total, axis=0)))
-    extra = {"softcap": float(softcap)} if softcap else {}
+    attrs = {"scale": float(scale), **({"softcap": float(softcap)} if softcap else {})}
     b.require_opset(23)
     # ONNX Attention's is_causal aligns top left: the causal mask goes in the bias
     masked = _causal_bias(b, q, bias, total) if causal else bias
 
-    def gqa():  # [B, T, H*Dv], presents
-        seqlens, n = lengths
-        bsd = [b.op("Reshape", b.op("Transpose", x, perm=[0, 2, 1, 3]), _i64(b, 0, 0, m * e))
-               for x, m, e in ((q, h, d), (k, kv, d), (v, kv, dv))]
-        return b.op_multi("GroupQueryAttention", *bsd, pk, pv, seqlens, n, "", "", "", bias,
-                          n=3, domain=MS, num_heads=h, kv_num_heads=kv, scale=float(scale),
-                          causal=int(causal), **extra)
-
-    def general():  # [B, H, T, Dv], presents
+    def attention():  # [B, H, T, Dv], presents
         if CACHED_ATTENTION == "concat":
             kk, vv = b.op("Concat", pk, k, axis=2), b.op("Concat", pv, v, axis=2)
-            return [b.op("Attention", q, kk, vv, masked, scale=float(scale), **extra), kk, vv]
-        return b.op_multi("Attention", q, k, v, masked, pk, pv, n=3, scale=float(scale),
-                          **extra)
+            return [b.op("Attention", q, kk, vv, masked, **attrs), kk, vv]
+        return b.op_multi("Attention", q, k, v, masked, pk, pv, n=3, **attrs)
     if CACHED_ATTENTION != "gqa" or d % 8 or dv != d:  # GQA: one head size, a multiple of 8
-        outs = general()
-        out = outs[0]
+        outs = attention()
     else:
-        lengths = _gqa_lengths(b, q, total)  # outside the branch: every layer reads them
-
-        def flat():
-            out, *presents = general()
-            return [b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]),
-                         _i64(b, 0, 0, h * dv)), *presents]
-        outs = b.op_multi("If", _gqa_can_run(b, q, pk), n=3,
-                          then_branch=_branch(b, "gqa", gqa),
-                          else_branch=_branch(b, "attention", flat))
-        out = b.op("Transpose", b.op("Reshape", outs[0], _i64(b, 0, 0, h, dv)),
-                   perm=[0, 2, 1, 3])
-    # rows the causal mask empties too; the mean of the values from the past and the new ones,
-    # so that nothing else reads the presents and onnxruntime drops the Identity copies that
-    # name them as outputs (1.7 ms a step at P = 4096 in benchmarks/prefill.py)
-    sums = [b.op("ReduceSum", x, _i64(b, 2), keepdims=1) for x in (pv, v)]
-    mean_v = b.op("Div", b.op("Add", *sums), b.op("Cast", total, to=1))
+        outs = _gqa(b, (q, k, v, pk, pv, bias), total, attention, causal=int(causal), **attrs)
     b.types[outs[2]] = _concat_type(b.type_of(pv), b.type_of(v))
-    out = _patch_empty_rows(b, out, masked, outs[2], h, mean_v)
+    out = _patch_empty_rows(b, outs[0], masked, outs[2], h)  # rows the causal mask empties too
     b.outputs_of[out] = (out, outs[1], outs[2])
     return out
+
+
+def _gqa(b, args, total, attention, **attrs) -> list[str]:
+    """If(_gqa_can_run, GroupQueryAttention with past, attention()): [B, H, T, Dv], presents."""
+    q, k, v, pk, pv, bias = args
+    (_, h, _, d), kv = b.type_of(q).shape, b.type_of(k).shape[1]
+    seqlens, n = _gqa_lengths(b, q, total)  # outside the branches: every layer reads them
+
+    def gqa():  # [B, T, H*D], presents
+        bsd = [b.op("Reshape", b.op("Transpose", x, perm=[0, 2, 1, 3]), _i64(b, 0, 0, m * d))
+               for x, m in ((q, h), (k, kv), (v, kv))]
+        return b.op_multi("GroupQueryAttention", *bsd, pk, pv, seqlens, n, "", "", "", bias,
+                          n=3, domain=MS, num_heads=h, kv_num_heads=kv, **attrs)
+
+    def flat():
+        out, *presents = attention()
+        return [b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]),
+                     _i64(b, 0, 0, h * d)), *presents]
+    outs = b.op_multi("If", _gqa_can_run(b, q, pk), n=3, then_branch=_branch(b, "gqa", gqa),
+                      else_branch=_branch(b, "attention", flat))
+    out = b.op("Transpose", b.op("Reshape", outs[0], _i64(b, 0, 0, h, d)), perm=[0, 2, 1, 3])
+    return [out, *outs[1:]]
 
 
 register_op("sdpa_past", 6, {"scale": True, "softcap": False, "causal": False},
