@@ -150,9 +150,9 @@ GPT_OSS_20B = {
 
 # total: what the checkpoint stores, transformers' own count of parameters (numel summed over
 # `parameters()`, built on the meta device) plus its persistent buffers: DeepSeek-V3's 58
-# routers' `e_score_correction_bias` (256 each), 671,026,404,352 + 14,848. archc makes the
-# correction bias a parameter; stats reports it under `buffers` once archc.stats lists
-# `correction_bias` among its buffer names, so parameters + buffers is checked.
+# routers' `e_score_correction_bias` (256 each), 671,026,404,352 + 14,848. archc stores the
+# correction bias as a parameter and `stats` reports it under `buffers`, as transformers does,
+# so parameters + buffers is checked.
 # active: archc's count per token (router, shared experts, k/E of routed experts, and both
 # embedding tables); of the published figures (Qwen: 3.3B and 2.7B activated; DeepSeek-V3:
 # 37B; V2-Lite: 2.4B; GPT-OSS-20B: 3.61B), the last two leave out the input embedding.
