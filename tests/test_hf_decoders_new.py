@@ -25,7 +25,7 @@ from archc.lower import lower
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 TOL = 1e-4
 VARIANTS = ("llama3", "llama_dynamic", "stablelm_parallel", "phi_qk_layernorm",
-            "bloom_post_ln", "opt_350m")  # other options of a family
+            "bloom_post_ln", "opt_350m", "falcon_alibi")  # other options of a family
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,8 @@ OFF = {  # fixture -> feature -> (regex in the generated spec, replacement): the
     "stablelm_parallel": {"parallel block": (r"x = x \+ a \+ glu\(h,", "x = x + a + glu(x,")},
     "phi_qk_layernorm": {"q/k LayerNorm per head": _NO_QK_NORM},
     "bloom_post_ln": {"residual after the norm": (r"x = h \+ ", "x = x + ")},
+    "falcon_alibi": {"alibi": (r",\s*position_bias = bias", ""),
+                     "alibi in bfloat16": (r"= bfloat16_round\(", "= (")},
     "opt_350m": {"norm after the residual": (r"x = layer_norm\(x \+ a, eps\) as input_norm",
                                              "x = x + a")},
     "smollm3": {"NoPE layers": (r"r = none", "r = rope_cfg")},

@@ -35,6 +35,16 @@ FAMILIES: dict[str, tuple[str, str, dict]] = {  # fixture -> (model_type, class,
     "marian": ("marian", "MarianMTModel", dict(
         SEQ2SEQ, activation_function="swish", scale_embedding=True, decoder_vocab_size=96,
         share_encoder_decoder_embeddings=True)),
+    # separate source and target vocabularies, the head tied to the decoder's embedding or not
+    "marian_separate_vocab": ("marian", "MarianMTModel", dict(
+        SEQ2SEQ, activation_function="swish", scale_embedding=True, decoder_vocab_size=112,
+        share_encoder_decoder_embeddings=False)),
+    "marian_untied": ("marian", "MarianMTModel", dict(
+        SEQ2SEQ, activation_function="swish", scale_embedding=True, decoder_vocab_size=80,
+        share_encoder_decoder_embeddings=False, tie_word_embeddings=False)),
+    "marian_shared_untied": ("marian", "MarianMTModel", dict(  # transformers 5 unties it all
+        SEQ2SEQ, activation_function="swish", scale_embedding=True, decoder_vocab_size=96,
+        share_encoder_decoder_embeddings=True, tie_word_embeddings=False)),
     "pegasus": ("pegasus", "PegasusForConditionalGeneration", dict(
         SEQ2SEQ, activation_function="relu", scale_embedding=True)),
     "mbart": ("mbart", "MBartForConditionalGeneration", dict(
@@ -58,9 +68,26 @@ FAMILIES: dict[str, tuple[str, str, dict]] = {  # fixture -> (model_type, class,
         COMMON, relative_attention=True, position_buckets=6, max_relative_positions=12,
         pos_att_type=["c2p"], norm_rel_ebd="none", share_att_key=False,
         position_biased_input=True, type_vocab_size=2, embedding_size=24, pad_token_id=0)),
+    # deberta-v2-xlarge's convolution layer after the first layer (grouped here, to show the
+    # block-diagonal weight), three layers so that later ones read its output
+    "deberta_v2_conv": ("deberta-v2", "DebertaV2ForMaskedLM", dict(
+        COMMON, num_hidden_layers=3, relative_attention=True, position_buckets=4,
+        max_relative_positions=16, pos_att_type="p2c|c2p", norm_rel_ebd="layer_norm",
+        share_att_key=True, position_biased_input=False, type_vocab_size=0, pad_token_id=0,
+        conv_kernel_size=3, conv_act="gelu", conv_groups=2)),
+    # global layers that follow no every-n pattern, written out as `layer_types`
+    "modernbert_layer_types": ("modernbert", "ModernBertForMaskedLM", dict(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=5,
+        num_attention_heads=4, max_position_embeddings=64, local_attention=4,
+        pad_token_id=1, bos_token_id=2, eos_token_id=0, cls_token_id=2, sep_token_id=0,
+        layer_types=["sliding_attention", "full_attention", "full_attention",
+                     "sliding_attention", "full_attention"],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 160000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10.0}})),
 }
 PAD_ID = {"xlm-roberta": 1, "marian": 1, "pegasus": 1, "mbart": 1,
-          "modernbert": 1}  # padding ids (positions)
+          "modernbert": 1, "modernbert_layer_types": 1, "marian_separate_vocab": 1,
+          "marian_untied": 1, "marian_shared_untied": 1}  # padding ids (positions)
 
 
 def restore_derived(model) -> None:
@@ -93,7 +120,8 @@ def reference(model, name: str, vocab: int, seed: int) -> dict[str, np.ndarray]:
             key = "logits" if hasattr(res, "logits") else "last_hidden_state"
             out[key] = getattr(res, key).numpy()
             return out
-        dec = rng.integers(3, vocab, (2, TGT))
+        target = getattr(model.config, "decoder_vocab_size", None) or vocab  # Marian's own
+        dec = rng.integers(3, target, (2, TGT))
         dmask = np.ones((2, TGT), np.int64)
         dmask[1, -2:] = 0
         out.update(decoder_input_ids=dec, decoder_attention_mask=dmask)

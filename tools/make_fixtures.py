@@ -112,7 +112,17 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
         COMMON, num_hidden_layers=3, num_key_value_heads=4, use_parallel_residual=True,
         rope_parameters=dict(rope_type="default", rope_theta=500.0,
                              partial_rotary_factor=0.25))),
+    # Falcon-RW's layout (ALiBi, sequential block, a qkv per head, biases); 24 heads take both
+    # of ALiBi's slope sequences, with slopes bfloat16 does not hold exactly.
+    "falcon_alibi": ("falcon", "FalconForCausalLM", dict(
+        vocab_size=96, hidden_size=96, num_hidden_layers=2, num_attention_heads=24,
+        ffn_hidden_size=64, multi_query=False, parallel_attn=False,
+        new_decoder_architecture=False, bias=True, alibi=True)),
 }
+# transformers' default attention, where eager differs: Falcon's eager path adds its ALiBi twice
+# (once to the scores and again through the mask it is folded into); SDPA, the default, adds it
+# once, as the original Falcon-RW code does.
+ATTENTION = {"falcon_alibi": "sdpa"}
 
 # Encoders and encoder-decoders: padding at the END of row 1 (as tokenizers pad them).
 ENCODERS: dict[str, tuple[str, str, dict]] = {
@@ -144,6 +154,23 @@ ENCODERS: dict[str, tuple[str, str, dict]] = {
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
         decoder_ffn_dim=48, max_position_embeddings=64, pad_token_id=1,
         decoder_start_token_id=2, forced_eos_token_id=None)),
+}
+# Multimodal checkpoints archc imports as their text decoder: a tiny vision tower and projector
+# saved beside it, reference logits of a text-only prompt. The image token is a token of the
+# prompt inside the vocabulary (as gemma-3-4b-it's 262144 < 262208): without images it is an
+# ordinary token. The final softcap is set: Gemma3ForConditionalGeneration does not apply it.
+MULTIMODAL: dict[str, tuple[str, str, dict, dict]] = {  # name -> (type, class, text, top level)
+    "gemma3_multimodal": ("gemma3", "Gemma3ForConditionalGeneration", dict(
+        COMMON, hidden_size=40, num_hidden_layers=6, num_key_value_heads=1, head_dim=12,
+        sliding_window=3, sliding_window_pattern=3, query_pre_attn_scalar=20,
+        attn_logit_softcapping=4.0, final_logit_softcapping=2.0,
+        rope_parameters={"sliding_attention": dict(rope_type="default", rope_theta=20.0),
+                         "full_attention": dict(rope_type="linear", rope_theta=500.0,
+                                                factor=2.0)}),
+        dict(vision_config=dict(model_type="siglip_vision_model", hidden_size=16,
+                                intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=16, patch_size=4),
+             mm_tokens_per_image=4, boi_token_index=93, eoi_token_index=94)),
 }
 TGT = 7  # decoder length; row 1 of the decoder batch has 2 padding tokens at the end
 
@@ -250,7 +277,7 @@ def make(family: str, seed: int = 0) -> None:
     else:
         model_type, (arch, kwargs) = family, FAMILIES[family]
     cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
-    cfg._attn_implementation = "eager"
+    cfg._attn_implementation = ATTENTION.get(family, "eager")
     model = getattr(transformers, arch)(cfg).eval().to(torch.float32)
     randomise(model, seed)
     path = OUT / family
@@ -263,6 +290,35 @@ def make(family: str, seed: int = 0) -> None:
     print(f"{family}: {sum(p.numel() for p in model.parameters())} params -> {path}")
 
 
+def make_multimodal(name: str, seed: int = 0) -> None:
+    import torch
+    import transformers
+
+    model_type, arch, text, top = MULTIMODAL[name]
+    vocab = text["vocab_size"]
+    image_token = int(np.random.default_rng(seed).integers(0, vocab, (2, SEQ))[0, 2])
+    cfg = transformers.AutoConfig.for_model(model_type, text_config=text,
+                                            image_token_index=image_token, **top)
+    cfg._attn_implementation = "eager"
+    model = getattr(transformers, arch)(cfg).eval().to(torch.float32)
+    assert model.model.language_model.config._attn_implementation == "eager"
+    randomise(model, seed)
+    path = OUT / name
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    (path / "generation_config.json").unlink(missing_ok=True)
+    ref = reference(model, vocab, seed)
+    assert image_token in ref["input_ids"]
+    with torch.no_grad():  # the processor's token_type_ids (0: text) change nothing
+        ids, mask = torch.tensor(ref["input_ids"]), torch.tensor(ref["attention_mask"])
+        typed = model(input_ids=ids, attention_mask=mask, token_type_ids=0 * ids).logits
+    assert np.array_equal(typed.numpy(), ref["logits"])
+    np.savez(path / "reference.npz", **ref)
+    text_params = sum(p.numel() for p in model.model.language_model.parameters())
+    print(f"{name}: {text_params} of {sum(p.numel() for p in model.parameters())} params "
+          f"in the text model -> {path}")
+
+
 if __name__ == "__main__":
-    for fam in sys.argv[1:] or [*FAMILIES, *VARIANTS, *ENCODERS]:
-        make(fam)
+    for fam in sys.argv[1:] or [*FAMILIES, *VARIANTS, *ENCODERS, *MULTIMODAL]:
+        make_multimodal(fam) if fam in MULTIMODAL else make(fam)

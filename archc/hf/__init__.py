@@ -26,6 +26,8 @@ DECODERS = ("bloom", "cohere", "cohere2", "falcon", "gemma", "gemma2", "gemma3_t
 ENCODERS = ("bart", "bert", "big_bird", "deberta-v2", "distilbert", "electra", "longformer",
             "marian", "mbart", "modernbert", "mt5", "pegasus", "roberta", "t5", "xlm-roberta")
 FAMILIES = DECODERS + ENCODERS
+# Multimodal checkpoints imported as their text decoder (fixtures: `<model type>_multimodal`).
+MULTIMODAL = ("gemma3",)
 # Buffers some checkpoints carry that are not parameters (causal masks, rotary caches).
 _BUFFERS = ("attn.bias", "attn.masked_bias", "rotary_emb.inv_freq", "embeddings.position_ids")
 
@@ -37,10 +39,11 @@ class Imported:
 
 
 def family(c: HFConfig):
-    if c.model_type not in FAMILIES:
+    known = FAMILIES + MULTIMODAL
+    if c.model_type not in known:
         raise ArchcError([Diagnostic(
             "E0505", f"model type `{c.model_type}` cannot be imported yet",
-            help=did_you_mean(c.model_type, FAMILIES) or f"supported: {', '.join(FAMILIES)}")])
+            help=did_you_mean(c.model_type, known) or f"supported: {', '.join(known)}")])
     return importlib.import_module(f"archc.hf.{c.model_type}")
 
 
@@ -54,8 +57,10 @@ def import_checkpoint(directory: str | Path, config_only: bool = False,
         made.name = c.model_type
         from archc.serving import serving_comment  # what genai_config.json needs
 
+        facts = getattr(fam, "serving_config", lambda c: c.data)(c)  # a nested text config
         made.comment = [f"{c.architecture or c.model_type} imported from a Hugging Face "
-                        "checkpoint by `archc import-hf`.", *serving_comment(c.data)]
+                        "checkpoint by `archc import-hf`.", *made.comment,
+                        *serving_comment(facts)]
     spec = made if isinstance(made, str) else made.render()
     if t is None:
         return Imported(spec, None)

@@ -96,6 +96,7 @@ class HFConfig:
         self.data = data
         self.path = path
         self.text = text
+        self._from = 0  # where its fields begin in `text` (a nested config's `"text_config":`)
 
     @classmethod
     def load(cls, directory: str | Path) -> HFConfig:
@@ -137,8 +138,22 @@ class HFConfig:
             {self.path: self.text})
 
     def _span(self, key: str) -> Span | None:
-        m = re.search(r'"' + re.escape(key) + r'"\s*:', self.text)
+        m = re.compile(r'"' + re.escape(key) + r'"\s*:').search(self.text, self._from)
         return Span(self.path, m.start(), m.start() + len(key) + 2) if m else None
+
+    def nested(self, key: str, defaults: dict[str, Any] | None = None) -> HFConfig:
+        """The config object under `key` (a multimodal checkpoint's `text_config`) as a config
+        of its own, over `defaults`: transformers 4.x wrote a sub-config as its difference from
+        the class defaults. Its errors point into the same config.json."""
+        sub = self.data.get(key)
+        if not isinstance(sub, dict):
+            raise ArchcError([Diagnostic("E0501", f"`{self.path}` has no `{key}` object",
+                                         self._span(key), "not an object")],
+                             {self.path: self.text})
+        c = HFConfig({**(defaults or {}), **sub}, self.path, self.text)
+        span = self._span(key)
+        c._from = span.end if span else 0
+        return c
 
     @property
     def model_type(self) -> str:

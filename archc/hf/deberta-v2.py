@@ -4,11 +4,15 @@ content-to-position and position-to-content scores over log-bucketed relative po
 (LayerNorm'd by `norm_rel_ebd`), shared with the key/query projections (`share_att_key`) or
 through its own `pos_key_proj`/`pos_query_proj`; absolute positions only with
 `position_biased_input`; token types only when `type_vocab_size` > 0; an `embed_proj` when
-`embedding_size` differs; padded tokens zeroed after the embedding norm. `...ForMaskedLM` with
-the legacy head (`cls.predictions`, tied decoder) or the new one (`lm_predictions.lm_head`).
+`embedding_size` differs; padded tokens zeroed after the embedding norm; with
+`conv_kernel_size` > 0 (deberta-v2-xlarge, -xxlarge) a convolution over the embedding output
+joins the first layer's output (`deberta_conv`). `...ForMaskedLM` with the legacy head
+(`cls.predictions`, tied decoder) or the new one (`lm_predictions.lm_head`).
 (The module name is the config's `model_type`, hyphen included.)"""
 
 from __future__ import annotations
+
+import numpy as np
 
 from archc.diagnostics import ArchcError, Diagnostic
 from archc.hf import bert, common, llama
@@ -40,9 +44,6 @@ def shape(c: HFConfig) -> dict:
                      c.get("intermediate_size"), c.get("num_hidden_layers"),
                      c.get("max_position_embeddings"), 0, 0.0,
                      llama.act(c.get("hidden_act", default="gelu")))
-    if _int(c, "conv_kernel_size", 0) > 0:
-        raise ArchcError([Diagnostic("E0504", "deberta-v2 with a convolution layer "
-                                     "(`conv_kernel_size`) is not supported yet")])
     if not flag(c, "relative_attention", False) or \
             "attention_head_size" in c.data:
         raise ArchcError([Diagnostic("E0504", "deberta-v2 without relative attention, or with "
@@ -61,7 +62,24 @@ def shape(c: HFConfig) -> dict:
             "share": flag(c, "share_att_key", False),
             "abs_pos": flag(c, "position_biased_input", True), "types": max(types, 0),
             "emb": emb if emb != s.d else 0, "legacy": flag(c, "legacy", True),
-            "eps": number(c, "layer_norm_eps", 1e-7)}
+            "eps": number(c, "layer_norm_eps", 1e-7), **_conv(c, s.d)}
+
+
+def _conv(c: HFConfig, d: int) -> dict:
+    """`ConvLayer`: kernel (0: none), groups, activation. torch pads (kernel - 1) // 2 each
+    side, so only an odd kernel keeps the length the residual needs."""
+    kernel = max(_int(c, "conv_kernel_size", 0), 0)
+    if kernel == 0:
+        return {"conv": 0}
+    if kernel % 2 == 0:
+        raise config_error(c, "conv_kernel_size", kernel, "odd (or 0: no convolution)")
+    groups = _int(c, "conv_groups", 1)
+    if groups < 1 or d % groups:
+        raise config_error(c, "conv_groups", groups, f"a divisor of `hidden_size` ({d})")
+    act = c.data.get("conv_act", "tanh")
+    if not isinstance(act, str):
+        raise config_error(c, "conv_act", act, "an activation name")
+    return {"conv": kernel, "conv_groups": groups, "conv_act": llama.act(act)}
 
 
 def describe(c: HFConfig, tensors: Tensors | None = None) -> str:
@@ -82,7 +100,8 @@ def describe(c: HFConfig, tensors: Tensors | None = None) -> str:
         f"layers = {s.layers}, eps = {m['eps']!r},",
         f"      span = {m['span']}" + (f", e = {m['emb']}" if m["emb"] else "") +
         (f", max_pos = {s.rows}" if m["abs_pos"] else "") +
-        (f", types = {m['types']}" if m["types"] else ""),
+        (f", types = {m['types']}" if m["types"] else "") +
+        (f", kernel = {m['conv']}" if m["conv"] else ""),
         "", *[f"  input {n}: int64[batch, seq]" for n in inputs], "",
         f"  x = embed(input_ids, vocab, {e}) as word_embeddings"]
     if m["abs_pos"]:
@@ -95,12 +114,13 @@ def describe(c: HFConfig, tensors: Tensors | None = None) -> str:
         "  x = layer_norm(x, eps) as embed_norm",
         "  x = x * reshape(cast(attention_mask, float32), [dim(x, 0), dim(x, 1), 1])  # pads: 0",
         f"  rel = layer_norm({rel}, eps) as rel_norm" if m["rel_norm"] else f"  rel = {rel}",
+        *(["  e = x"] if m["conv"] else []),
         "  repeat layers as layers {",
         "    a = disentangled_attention(x, heads, rel, mask = attention_mask,",
         f"                               {', '.join(opts)}) as attention",
         "    x = layer_norm(x + a, eps) as attention_norm",
         f"    x = layer_norm(x + mlp(x, ff, act = {s.act}) as mlp, eps) as mlp_norm",
-        "  }"]
+        *_conv_lines(m), "  }"]
     if mlm:
         w = e if m["legacy"] else "d"
         lines += [f"  h = layer_norm({s.act}(linear(x, {w}) as transform), eps) as transform_norm",
@@ -108,6 +128,30 @@ def describe(c: HFConfig, tensors: Tensors | None = None) -> str:
     else:
         lines.append("  output last_hidden_state = x")
     return "\n".join([*lines, "}", ""])
+
+
+def _conv_lines(m: dict) -> list[str]:
+    if not m["conv"]:
+        return []
+    note = (f" (conv_groups = {m['conv_groups']}: a block-diagonal weight)"
+            if m["conv_groups"] > 1 else "")
+    return ["    if layers == 0 {  # the convolution layer, after the first layer only" + note,
+            "      x = deberta_conv(e, x, kernel, mask = attention_mask, "
+            f"act = {m['conv_act']}, eps = eps) as conv", "    }"]
+
+
+def _conv_weights(out, t: Tensors, hf: str, me: str, m: dict, d: int) -> None:
+    """torch's grouped Conv1d weight [d, d / g, k] -> the dense [d, d, k] `conv1d` takes,
+    zero outside each group's block (exact: the zeros add nothing)."""
+    k, g = m["conv"], m["conv_groups"]
+    w = t.take(f"{hf}.conv.weight", (d, d // g, k))
+    dense = np.zeros((d, d, k), np.float32)
+    n = d // g
+    for i in range(g):
+        dense[i * n:(i + 1) * n, i * n:(i + 1) * n] = w[i * n:(i + 1) * n]
+    out[f"{me}.weight"] = dense
+    out[f"{me}.bias"] = t.take(f"{hf}.conv.bias", (d,))
+    common.norm(out, t, f"{hf}.LayerNorm", f"{me}.norm", d)
 
 
 def weights(c: HFConfig, text: str, t: Tensors) -> common.Weights:
@@ -138,6 +182,8 @@ def weights(c: HFConfig, text: str, t: Tensors) -> common.Weights:
                 if a in m["att"]:
                     common.linear(out, t, f"{hf}.attention.self.{theirs}",
                                   f"{me}.attention.{mine}", d, d, True)
+    if m["conv"]:
+        _conv_weights(out, t, f"{p}encoder.conv", "layers.0.conv", m, d)
     if c.architecture.endswith("ForMaskedLM"):
         if m["legacy"]:
             bert.mlm_weights(out, t, bert.Encoder(**{**s.__dict__, "emb": m["emb"]}), "cls")

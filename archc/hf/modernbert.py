@@ -1,9 +1,10 @@
 """modernbert: a pre-LN encoder without positions tables or biases (by default): token embedding
-+ LayerNorm; layers alternate global attention and local attention over a band of
-`local_attention` / 2 tokens each side, each kind with its own rope base; layer 0 has no
-attention norm; GeGLU FFN from a fused `Wi` (act on the first half); a final norm; the MLM
-head is dense + act + norm and a decoder tied to the embeddings with its own bias. Configs
-come as 5.x (`layer_types`, `rope_parameters` per layer type) or 4.x
++ LayerNorm; global attention on every n-th layer, or on the layers `layer_types` lists in any
+pattern, and local attention over a band of `local_attention` / 2 tokens each side on the
+others, each kind with its own rope base; layer 0 has no attention norm; GeGLU FFN from a
+fused `Wi` (act on the first half); a final norm; the MLM head is dense + act + norm and a
+decoder tied to the embeddings with its own bias. Configs come as 5.x (`layer_types`,
+`rope_parameters` per layer type; `layer_types` wins, as in transformers) or 4.x
 (`global_attn_every_n_layers`, `global_rope_theta`, `local_rope_theta`)."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import math
 
 from archc.diagnostics import ArchcError, Diagnostic
-from archc.hf import bert, common, llama
+from archc.hf import bert, common, llama, qwen2_moe
 from archc.hf.config import HFConfig
 from archc.hf.tensors import Tensors
 
@@ -72,14 +73,21 @@ def theta(c: HFConfig, kind: str) -> float:
 
 def condition(kinds: list[bool]) -> str:
     """The compile-time test for a global layer: `layers % every == 0` when the kinds follow
-    that pattern (every layer global: `true`; none: `false`)."""
+    that pattern (every layer global: `true`; none: `false`); any other `layer_types` list is
+    spelled out as `full_attention[layers]` over a `let full_attention = [...]` of bools."""
     if all(kinds) or not any(kinds):
         return "true" if all(kinds) else "false"
     every = next((i for i in range(1, len(kinds)) if kinds[i]), len(kinds))
     if kinds != [i % every == 0 for i in range(len(kinds))]:
-        raise ArchcError([Diagnostic("E0504", "modernbert with global layers that do not "
-                                     "repeat every n layers is not supported yet")])
+        return "full_attention[layers]"
     return f"layers % {every} == 0"
+
+
+def pattern(kinds: list[bool]) -> list[str]:
+    """The `let` line `condition` reads, when the kinds follow no every-n pattern."""
+    if condition(kinds) != "full_attention[layers]":
+        return []
+    return qwen2_moe.wrap("  let full_attention = [", [str(k).lower() for k in kinds], "]", 24)
 
 
 def _shape(c: HFConfig) -> dict:
@@ -109,6 +117,7 @@ def describe(c: HFConfig, tensors: Tensors | None = None) -> str:
         f"layers = {s['layers']}, eps = {s['eps']!r},",
         f"      window = {s['window']}, global_theta = {theta(c, 'full_attention')!r}, "
         f"local_theta = {theta(c, 'sliding_attention')!r}",
+        *pattern(s["kinds"]),
         "",
         "  input input_ids: int64[batch, seq]",
         "  input attention_mask: int64[batch, seq]",
