@@ -8,8 +8,10 @@ garbage or hostile file is a diagnostic that names the file, the tensor and what
 
 `float32(name)` converts F32, F16, F64 and BF16 (NumPy has no bfloat16: its bits are the top
 half of a float32's) and refuses everything else: integer and bool tensors hold no weights, and
-fp8 tensors come with scales archc does not apply, so reading them as plain numbers would give
-silent garbage.
+an fp8 tensor means nothing without the scales stored beside it, so reading it as plain numbers
+would give silent garbage. `fp8(name)` decodes an fp8 tensor's face values exactly, for a caller
+that applies the scales (`archc.hf.tensors`): NumPy has no float8 either, so each of the 256
+bit patterns is looked up in a table built from the format's definition (`FP8`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,31 @@ ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 
             "F8_E8M0": 1}
 FLOATS = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "<u2"}
 MAX_HEADER = 100 * 2**20  # what the safetensors library itself accepts
+
+
+def fp8_table(exp_bits: int, man_bits: int, ieee: bool) -> np.ndarray:
+    """The float32 value of each byte of a float8 format: 1 sign bit, `exp_bits` exponent bits
+    (bias 2**(exp_bits-1) - 1), `man_bits` mantissa bits; exponent 0 is subnormal
+    (m / 2**man_bits * 2**(1 - bias)), others normal ((1 + m / 2**man_bits) * 2**(e - bias)).
+    The all-ones exponent is inf (m = 0) and NaN in `ieee` formats (E5M2); E4M3 ("fn": finite)
+    keeps it for numbers up to 448 and has NaN only at S.1111.111."""
+    bits = np.arange(256)
+    e, m = (bits >> man_bits) & (2**exp_bits - 1), bits & (2**man_bits - 1)
+    bias, frac = 2 ** (exp_bits - 1) - 1, m / 2**man_bits
+    mag = np.where(e == 0, frac * 2.0 ** (1 - bias), (1 + frac) * 2.0 ** (e - bias))
+    top = e == 2**exp_bits - 1
+    if ieee:
+        mag = np.where(top, np.where(m == 0, np.inf, np.nan), mag)
+    else:
+        mag = np.where(top & (m == 2**man_bits - 1), np.nan, mag)
+    return np.where(bits >> 7, -mag, mag).astype(np.float32)
+
+
+# E8M0 ("fnu": no sign, no mantissa, no zero) holds powers of two 2**(e - 127), and NaN at 0xFF:
+# the block scales of MX formats and of some FP8 checkpoints.
+FP8 = {"F8_E4M3": fp8_table(4, 3, ieee=False), "F8_E5M2": fp8_table(5, 2, ieee=True),
+       "F8_E8M0": np.where(np.arange(256) == 255, np.nan,
+                           2.0 ** (np.arange(256) - 127)).astype(np.float32)}
 
 
 @dataclass(frozen=True)
@@ -117,11 +144,13 @@ class TensorFile:
         e = self.entries[name]
         if e.dtype in FLOATS:
             return None
-        why = ("fp8 needs scales archc does not apply" if e.dtype.startswith("F8") else
-               "it holds no float values")
+        fp8 = e.dtype in FP8
+        why = "fp8 means nothing without its scales" if fp8 else "it holds no float values"
         return Diagnostic("E0308", f"tensor `{name}` in `{self.path}` is {e.dtype}"
                           f"{list(e.shape)}: a float parameter needs F32, F16, BF16 or F64 "
-                          f"({why})", help="convert the checkpoint's weights to a float dtype")
+                          f"({why})", help="import an fp8 checkpoint with `archc import-hf`, "
+                          "which applies the scales its config.json names" if fp8 else
+                          "convert the checkpoint's weights to a float dtype")
 
     def float32(self, name: str) -> np.ndarray:
         """Tensor `name` as a new float32 array; a non-float dtype is an error naming it."""
@@ -136,6 +165,12 @@ class TensorFile:
         else:
             out = raw.astype(np.float32)
         return out.reshape(e.shape)
+
+    def fp8(self, name: str) -> np.ndarray:
+        """Fp8 tensor `name`'s face values as float32, exactly, before any scale."""
+        e = self.entries[name]
+        raw = np.frombuffer(self.map, np.uint8, math.prod(e.shape), self.data_start + e.begin)
+        return FP8[e.dtype][raw].reshape(e.shape)
 
 
 def _natural(x) -> bool:
