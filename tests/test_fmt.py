@@ -256,3 +256,12 @@ def test_output_that_would_change_the_program_is_refused(tmp_path, monkeypatch, 
     assert main(["fmt", str(messy)]) == 1
     assert "error[E0007]: `archc fmt` would change the meaning" in capsys.readouterr().err
     assert messy.read_text() == MESSY
+
+
+def test_the_docs_examples_are_formatted():
+    """Every ```arch block in the README and docs is in the canonical layout."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    blocks = [(p, b) for p in docs for b in re.findall(r"```arch\n(.*?)```", _read(p), re.S)]
+    assert len(blocks) > 20
+    for path, block in blocks:
+        assert format_text(block, str(path)) == block, f"{path}:\n{block}"
