@@ -93,7 +93,7 @@ class Decoder:
                       "  xc = x - mean(x, keepdims = true)",
                       "  return xc / sqrt(mean(xc * xc, keepdims = true) + eps) * weight", "}",
                       ""]
-        let = _wrap("let ", lets, "", width=96, indent=4)
+        let = wrap("let ", lets, "", width=96, indent=4)
         lines += [f"model {self.name} {{", *("  " + x for x in let), "",
                   "  input input_ids: int64[batch, seq]",
                   "  input attention_mask: int64[batch, seq]", "",
@@ -109,10 +109,10 @@ class Decoder:
             for key in ("short_factor", "long_factor"):  # long lists get a name of their own
                 if len(r.get(key) or ()) > 8:
                     var = key if name == "rope_cfg" else f"local_{key}"
-                    lines += _wrap(f"  {var} = [", [repr(float(v)) for v in r[key]], "]",
+                    lines += wrap(f"  {var} = [", [repr(float(v)) for v in r[key]], "]",
                                    width=96, indent=4)
                     r = {**r, key: var}
-            lines += _wrap(f"  {name} = rope(", _rope_args(r), ")", width=96, indent=4)
+            lines += wrap(f"  {name} = rope(", _rope_args(r), ")", width=96, indent=4)
         if self.learned_positions:
             opts = f", offset = {self.position_offset}" if self.position_offset else ""
             opts += ", mask = attention_mask" if self.positions_from_mask else ""
@@ -166,7 +166,7 @@ class Decoder:
             opts += [f"{'qk_norm_all' if self.qk_norm == 'all' else 'qk_norm'} = {fn}",
                      "qk_eps = eps"]
         src = "x" if self.block in ("post", "post_ln") else "h"
-        return _wrap(f"attention({src}, ", opts, ") as self_attn")
+        return wrap(f"attention({src}, ", opts, ") as self_attn")
 
     def _ropes(self) -> dict[str, dict]:
         """Ropes bound once at model level: scaled ones, and any a layer chooses between."""
@@ -258,7 +258,9 @@ class Decoder:
         return [f"  y = {final}", f"  output logits = {logits}"]
 
 
-def _wrap(head: str, opts: list[str], tail: str, width: int = 84, indent: int = 14) -> list[str]:
+def wrap(head: str, opts: list[str], tail: str, indent: int = 14, width: int = 84) -> list[str]:
+    """`head` + the comma-separated `opts` + `tail`, broken into lines of at most `width`
+    columns, continuation lines indented by `indent` spaces."""
     lines, cur = [], head
     for i, o in enumerate(opts):
         piece = o + (", " if i < len(opts) - 1 else "")

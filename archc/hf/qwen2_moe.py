@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from archc.diagnostics import ArchcError, Diagnostic
-from archc.hf import common, llama
+from archc.hf import common, decoder, llama
 from archc.hf.config import HFConfig
 from archc.hf.tensors import Tensors
 
@@ -140,14 +140,7 @@ def condition(chosen: list[int], n: int) -> str | None:
 
 
 def wrap(head: str, opts: list[str], tail: str, indent: int, width: int = 96) -> list[str]:
-    lines, cur = [], head
-    for i, o in enumerate(opts):
-        piece = o + (", " if i < len(opts) - 1 else "")
-        if len(cur) + len(piece) > width and cur.strip() != head.strip():
-            lines.append(cur.rstrip())
-            cur = " " * indent
-        cur += piece
-    return [*lines, cur + tail]
+    return decoder.wrap(head, opts, tail, indent, width)  # this family's spec is 96 wide
 
 
 def render(c: HFConfig, lets: list[str], layer: list[str], what: str,
