@@ -1,7 +1,8 @@
-"""Compile time (parse -> optimized IR -> ONNX graph without weights) against depth.
+"""Compile time (parse -> optimized IR -> ONNX graph without weights) against depth, at -O1
+and at -O2 (every fusion rule on).
 
 Prints one row per depth and the ratios to the 2-layer time, measured in this run. Target: the
-80-layer spec in under 1 s, time linear in layers (ratio close to layers / 2).
+80-layer spec in under 1 s with all rules on, time linear in layers (ratio close to layers / 2).
 
     python benchmarks/compile_scaling.py
 """
@@ -28,26 +29,28 @@ model decoder_{n} {{
 """
 
 
-def compile_once(n: int) -> tuple[float, int]:
+def compile_once(n: int, level: int) -> tuple[float, int]:
     start = time.perf_counter()
-    graph = archc.compile(archc.parse(SPEC.format(n=n), f"decoder_{n}.arch"))
+    graph = archc.compile(archc.parse(SPEC.format(n=n), f"decoder_{n}.arch"), level=level)
     model = archc.export_onnx(graph, weights=None, check=False)
     return time.perf_counter() - start, len(model.graph.node)
 
 
 def main() -> None:
-    compile_once(2)  # warm the parser cache and imports
-    rows = []
-    for n in (2, 8, 32, 80):
-        best = min(compile_once(n) for _ in range(3))
-        rows.append((n, *best))
-    base = rows[0][1]
-    print(f"{'layers':>6} {'seconds':>9} {'onnx nodes':>11} {'time ratio':>11} {'layer ratio':>12}")
-    for n, t, nodes in rows:
-        print(f"{n:>6} {t:>9.3f} {nodes:>11} {t / base:>11.2f} {n / 2:>12.1f}")
-    per_layer = (rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0])
-    print(f"marginal cost {per_layer * 1000:.2f} ms/layer; 80 layers: {rows[-1][1]:.3f} s "
-          f"({'meets' if rows[-1][1] < 1.0 else 'misses'} the 1 s target)")
+    compile_once(2, 2)  # warm the parser cache and imports
+    for level in (1, 2):
+        rows = []
+        for n in (2, 8, 32, 80):
+            best = min(compile_once(n, level) for _ in range(3))
+            rows.append((n, *best))
+        base = rows[0][1]
+        print(f"-O{level}\n{'layers':>6} {'seconds':>9} {'onnx nodes':>11} {'time ratio':>11} "
+              f"{'layer ratio':>12}")
+        for n, t, nodes in rows:
+            print(f"{n:>6} {t:>9.3f} {nodes:>11} {t / base:>11.2f} {n / 2:>12.1f}")
+        per_layer = (rows[-1][1] - rows[0][1]) / (rows[-1][0] - rows[0][0])
+        print(f"marginal cost {per_layer * 1000:.2f} ms/layer; 80 layers: {rows[-1][1]:.3f} s "
+              f"({'meets' if rows[-1][1] < 1.0 else 'misses'} the 1 s target)\n")
 
 
 if __name__ == "__main__":
