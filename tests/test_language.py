@@ -279,7 +279,8 @@ def test_budgets_stop_runaway_specs():
     ("model m { let a = " + "-" * 5000 + "1 }", "nests too deeply"),
     ("model m {\x00 }", "unexpected character U+0000 (invisible)"),
     ("model m {\n  input x: float32[4]\n  output y = x\n", "unclosed `{`"),
-], ids=["brackets", "long-chain", "unary-chain", "nul", "unclosed"])
+    ("model m {\n  let z = 1" + " + 1" * 60000 + "\n}", "more than 100,000 tokens"),
+], ids=["brackets", "long-chain", "unary-chain", "nul", "unclosed", "token-budget"])
 def test_hostile_spec_text_gets_a_located_error(text, message):
     with pytest.raises(ArchcError, match="error\\[E000") as e:
         archc.compile(archc.parse(text, "bad.arch"))

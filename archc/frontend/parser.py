@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import (
@@ -34,10 +35,13 @@ def parser() -> Lark:
 
 
 MAX_NESTING = 100  # brackets deep; deeper input is refused before lark or the AST recurse
+MAX_TOKENS = 100_000  # 50x the largest library file; lark takes ~20 us a token, so ~2 s
+_TOKEN = re.compile(r'#[^\n]*|"[^"\n]*"|[A-Za-z_]\w*|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|[^\s\w]')
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Module:
     text = text.replace("\ufeff", " ", 1) if text.startswith("\ufeff") else text  # a BOM
+    _token_budget(text, path)
     opened = _brackets(text)
     if isinstance(opened, Diagnostic):
         raise ArchcError([Diagnostic(opened.code, opened.message, Span(path, opened.span.start,
@@ -69,6 +73,22 @@ def parse(text: str, path: str = "<spec>") -> ast.Module:
 
 
 _CLOSE = {"(": ")", "[": "]", "{": "}"}
+
+
+def _token_budget(text: str, path: str) -> None:
+    """Refuse, in one regex pass, a spec of more than MAX_TOKENS tokens (comments aside)
+    before the parser spends seconds on it; the error points at the first token over."""
+    n = 0
+    for m in _TOKEN.finditer(text):
+        if m.group().startswith("#"):
+            continue
+        n += 1
+        if n > MAX_TOKENS:
+            raise ArchcError([Diagnostic(
+                "E0003", f"the spec has more than {MAX_TOKENS:,} tokens",
+                Span(path, m.start(), m.end()), f"this is token {n:,}",
+                help="a spec this long is generated: split it into blocks and `import` "
+                "them, or name repeated parts with `repeat`")], {path: text})
 
 
 def _brackets(text: str) -> list[int] | Diagnostic:
