@@ -391,3 +391,12 @@ def test_init_rules_named_like_functions_pass_through_a_block():
         assert [p.attrs["init"] for p in g.params.values()] == [rule.strip('"')]
     with pytest.raises(ArchcError, match="`init` must be one of"):
         lower(archc.parse(spec.format(init="sigmoid")))
+
+
+def test_compile_time_random_features_have_a_work_budget():
+    """A mistyped width (64096 for 64) would make FAVOR+'s orthogonal draw a QR of a
+    16024 x 16024 matrix at compile time (minutes, gigabytes): refused up front."""
+    text = (ROOT / "specs" / "performer.arch").read_text().replace("d = 64,", "d = 64096,")
+    assert text != (ROOT / "specs" / "performer.arch").read_text()
+    with pytest.raises(ArchcError, match=r"QR factorisations of 16024 x 16024 .*over the limit"):
+        lower(archc.parse(text, "performer.arch"))

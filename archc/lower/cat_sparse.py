@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from archc.ir.types import TensorType
+from archc.limits import check_bytes
 from archc.lower.builder import Abort, LayerBuilder, LayerFailed
 from archc.lower.layers import layer
 from archc.lower.signature import Arg, describe
@@ -110,6 +111,9 @@ def _stop(b: LayerBuilder, message: str, arg: str, help: str | None = None):
         raise Abort from None
 
 
+MAX_DRAW_FLOPS = 2 * 10**11  # compile-time QR work: about a second; a 4096-wide head fits
+
+
 def orthogonal_gaussian(m: int, d: int, seed: int) -> np.ndarray:
     """FAVOR+'s projection (Choromanski et al. 2021, sec. 2.4): m rows in blocks of d mutually
     orthogonal directions (QR of a Gaussian matrix, signs fixed by R's diagonal so the draw
@@ -133,6 +137,13 @@ def orthogonal_features(b: LayerBuilder, m, d, seed):
         b.fail("E0200", f"orthogonal_features needs m, d >= 1, got {m}, {d}", "here")
     if not 0 <= seed < 2**63:
         b.fail("E0200", f"`seed` = {seed} must be in 0..2^63-1", "here", span=b.at("seed"))
+    flops = -(-m // d) * 4 * d**3 // 3  # one QR of a d x d Gaussian per block of d rows
+    if flops > MAX_DRAW_FLOPS:
+        b.fail("E0200", f"orthogonal_features({m}, {d}) would take {-(-m // d)} QR "
+               f"factorisations of {d} x {d} at compile time (~{flops / 1e9:,.0f} GFLOP, over "
+               f"the limit of {MAX_DRAW_FLOPS / 1e9:,.0f})", "here",
+               help="d is the head size: check the model width and head count")
+    check_bytes(3 * 8 * d * d, f"orthogonal_features' {d} x {d} draw (float64, with its QR)")
     return b.const(orthogonal_gaussian(m, d, seed))
 
 
