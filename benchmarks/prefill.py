@@ -3,17 +3,21 @@
 The model (SPEC below): about 55M parameters, 8 layers, hidden 512, GQA 8 query / 2 kv heads
 of 64, SwiGLU 1408, vocab 32000, random weights; batch 1, float32. With `--no-mask` the spec has
 no padding mask, so attention's mask is only the causal one (the fused kernel then needs no
-bias). -O2 runs twice: self-attention lowered to com.microsoft GroupQueryAttention (archc's
-default) and to ONNX Attention (opset 23), so the choice in archc/ops/fused.py is measured here
+bias). -O2 runs three times: self-attention lowered to com.microsoft GroupQueryAttention (archc's
+default: with the mask, behind the If of the fast path, which the all-ones mask takes), to the
+exact path alone (GQA with the [B, 1, T, T] bias; sdpa_past.FAST_PATHS = False) and to ONNX
+Attention (opset 23), so the choices in archc/ops/fused.py and sdpa_past.py are measured here
 too. Every build is checked against -O1 on the same input first. Sessions are timed in turn
 (interleaved) and each figure is the best of `--reps`; ratios are to -O1 in this run.
 `--numpy T` also times the NumPy backend at -O1 and -O2 on T tokens.
 
 Decode (`--past 128`, a list; 0 skips it): one new token after P cached ones, through the KV-cache
 graph (`lower(..., cache=True)`): -O1; -O2 without the `sdpa_past` rules (cached attention then
-lowers to ONNX Attention over concat(past, new) with a mask bias, as before issue 13); and -O2
-with `sdpa_past` lowered each way (archc/ops/sdpa_past.py CACHED_ATTENTION): ONNX Attention over
-concat(past, new) (the default), ONNX Attention with past_key/past_value -> present_key/
+lowers to ONNX Attention over concat(past, new) with a mask bias, as before issue 13); -O2 as
+compiled (the all-ones mask takes the fast path: GroupQueryAttention with past, no bias); and
+-O2 with `sdpa_past` lowered each way without the fast path (archc/ops/sdpa_past.py
+CACHED_ATTENTION, FAST_PATHS = False): ONNX Attention over concat(past, new) (the default's
+exact branch), ONNX Attention with past_key/past_value -> present_key/
 present_value, and GroupQueryAttention with past. Each figure is the best of `--reps` means
 over 20 steps; every build is checked against -O1 first.
 
@@ -71,12 +75,14 @@ def builds(mask: bool) -> tuple[dict[str, bytes], tuple]:
     o2 = archc.compile(archc.parse(spec(mask), "llama_bench.arch"), level=2)
     weights = archc.init_params(o1, 0)
     out = {"-O1": model_bytes(export_onnx(o1, weights, check=False))}
-    for target, label in (("gqa", "-O2 GroupQueryAttention"), ("onnx", "-O2 ONNX Attention")):
-        fused.SELF_ATTENTION = target
+    for target, fast, label in (("gqa", True, "-O2 GroupQueryAttention"),
+                                ("gqa", False, "-O2 GQA, exact path"),
+                                ("onnx", False, "-O2 ONNX Attention")):
+        fused.SELF_ATTENTION, sdpa_past.FAST_PATHS = target, fast
         try:
             out[label] = model_bytes(export_onnx(o2, weights, check=False))
         finally:
-            fused.SELF_ATTENTION = "gqa"
+            fused.SELF_ATTENTION, sdpa_past.FAST_PATHS = "gqa", True
     print("fired at -O2:", ", ".join(f"{k} x{v}" for k, v in
                                      sorted(o2.meta["fusions"].fired.items())))
     return out, (o1, o2, weights)
@@ -124,13 +130,15 @@ def decode_builds(mask: bool) -> dict[str, bytes]:
     out = {name: model_bytes(export_onnx(g, weights, check=False)) for name, g in
            (("-O1", o1), ("-O2 no sdpa_past", before))}
     default = sdpa_past.CACHED_ATTENTION
-    for target, label in (("concat", "-O2 Attention, concat"), ("onnx", "-O2 Attention, past"),
-                          ("gqa", "-O2 GQA, past")):
-        sdpa_past.CACHED_ATTENTION = target
+    for target, fast, label in (("concat", True, "-O2 fast path"),
+                                ("concat", False, "-O2 Attention, concat"),
+                                ("onnx", False, "-O2 Attention, past"),
+                                ("gqa", False, "-O2 GQA, past")):
+        sdpa_past.CACHED_ATTENTION, sdpa_past.FAST_PATHS = target, fast
         try:
             out[label] = model_bytes(export_onnx(o2, weights, check=False))
         finally:
-            sdpa_past.CACHED_ATTENTION = default
+            sdpa_past.CACHED_ATTENTION, sdpa_past.FAST_PATHS = default, True
     return out
 
 

@@ -283,7 +283,11 @@ def test_attention_fuses_on_both_lowerings(case, target, monkeypatch):
     assert node.attrs.get("causal", False) == causal
     # a bias unless the mask is only the causal mask (the kernel's `causal` applies it)
     masked = kwargs.get("pad", True) or (kwargs.get("causal", True) and not causal)
-    assert (len(node.inputs) == 4) == (masked or kwargs.get("bias", False))
+    assert (len(node.inputs) >= 4) == (masked or kwargs.get("bias", False))
+    # the key mask rides along (5th input) only when the bias is causal & padding, nothing else
+    hint = causal and kwargs.get("pad", True) and not kwargs.get("bias") and not kwargs.get(
+        "window")
+    assert (len(node.inputs) == 5) == hint
     assert node.attrs.get("window", 0) == kwargs.get("window", 0)
     assert node.attrs.get("softcap", 0.0) == kwargs.get("softcap", 0.0)
 

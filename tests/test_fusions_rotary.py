@@ -192,39 +192,45 @@ def test_cached_attention_fuses_to_attention_with_past(llama, lowering, monkeypa
     assert fired["sdpa_past"] == 4 and fired["rotary_half"] == 8 and "sdpa_masked" not in fired
     model = export_onnx(o2, w)
     made_by = {o: n for n in model.graph.node for o in n.output}
-
-    def source(name):  # through the Identity nodes that name graph outputs
-        while made_by[name].op_type == "Identity":
-            name = made_by[name].input[0]
-        return made_by[name], name
     assert "RotaryEmbedding" in {n.op_type for n in model.graph.node}
-    kind = "If" if lowering == "gqa" else "Attention"  # GQA behind an If: where it runs
-    nodes = [n for n in model.graph.node if n.op_type == kind]
-    assert len(nodes) == 4 and "Identity" not in {n.op_type for n in model.graph.node}
-    concats = [n for n in model.graph.node if n.op_type == "Concat" and any(
-        x.startswith("past_key_values.") for x in n.input)]
-    assert len(concats) == (8 if lowering == "concat" else 0)
+    assert "Identity" not in {n.op_type for n in model.graph.node}
+    # each layer: If(all ones and one token, Attention over the concats with no mask,
+    #                If(all ones, GQA with past and no bias, the CACHED_ATTENTION lowering))
+    ifs = [n for n in model.graph.node if n.op_type == "If"]
+    assert len(ifs) == 4 and not any(n.op_type == "Attention" for n in model.graph.node)
+
+    def branch(node, which):
+        return next(a.g for a in node.attribute if a.name == f"{which}_branch")
+
     for i in range(4):
         past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+        node = made_by[f"present.{i}.key"]
+        assert node in ifs and list(node.output[1:]) == [f"present.{i}.key",
+                                                         f"present.{i}.value"]
+        step = branch(node, "then")
+        made = {o: m for m in step.node for o in m.output}
+        (att,) = [m for m in step.node if m.op_type == "Attention"]
+        assert len(att.input) == 3  # no mask: one token sees every key
+        assert [made[o.name].input[0] for o in step.output[1:]] == past
+        (inner,) = [m for m in branch(node, "else").node if m.op_type == "If"]
+        (gqa,) = [m for m in branch(inner, "then").node if m.op_type == "GroupQueryAttention"]
+        assert list(gqa.input[3:5]) == past and len(gqa.input) == 7  # no bias
+        other = branch(inner, "else")
+        made = {o: m for m in other.node for o in m.output}
+        presents = [made[o.name] for o in other.output[1:]]
         if lowering == "concat":  # the presents are the Concats the Attention reads
-            for kind, p in zip(("key", "value"), past):
-                made, name = source(f"present.{i}.{kind}")
-                assert made.op_type == "Concat" and made.input[0] == p
-                assert any(n.input[1 if kind == "key" else 2] == name for n in nodes)
-            continue
-        if lowering == "gqa":
-            node = next(n for n in nodes if past[0] in {x for a in n.attribute for m in a.g.node
-                                                        for x in m.input})
-            then = next(a.g for a in node.attribute if a.name == "then_branch")
-            gqa = next(m for m in then.node if m.op_type == "GroupQueryAttention")
-            assert list(gqa.input[3:5]) == past
-            assert [o.name for o in then.output] == list(gqa.output)
-        else:
-            node = next(n for n in nodes if n.input[4] == past[0])
-            assert list(node.input[4:6]) == past
-        for j, kind in ((1, "key"), (2, "value")):
-            made, name = source(f"present.{i}.{kind}")
-            assert made is node and name == node.output[j]
+            (att,) = [m for m in other.node if m.op_type == "Attention"]
+            assert [m.op_type for m in presents] == ["Concat"] * 2
+            assert [m.input[0] for m in presents] == past
+            assert list(att.input[1:3]) == [m.output[0] for m in presents]
+        elif lowering == "onnx":
+            (att,) = [m for m in other.node if m.op_type == "Attention"]
+            assert presents == [att, att] and list(att.input[4:6]) == past
+        else:  # GQA with a bias where it can run, behind an If of its own
+            assert presents[0].op_type == "If" and presents[0] is presents[1]
+            (gqa,) = [m for m in branch(presents[0], "then").node
+                      if m.op_type == "GroupQueryAttention"]
+            assert list(gqa.input[3:5]) == past and len(gqa.input) == 11  # the bias
 
 
 @pytest.mark.parametrize("lowering", ["concat", "onnx", "gqa"])

@@ -142,9 +142,11 @@ register_op("fused_gelu", (1, 2), {"approximate": False}, infer=_gelu_infer,
 
 # ---------------------------------------------------------------- attention
 def _sdpa_infer(q: TensorType, k: TensorType, v: TensorType, bias: TensorType | None = None,
-                scale: float = 1.0, softcap: float = 0.0, causal: bool = False,
-                window: int = 0) -> TensorType:
+                mask: TensorType | None = None, scale: float = 1.0, softcap: float = 0.0,
+                causal: bool = False, window: int = 0) -> TensorType:
     _f32(q, k, v, bias)
+    if mask is not None and (bias is None or mask.rank != 2 or mask.shape[1] != k.shape[2]):
+        raise ShapeError(f"sdpa: the key mask {mask} is not [B, Tk] beside a bias")
     if q.rank != 4 or k.rank != 4 or v.rank != 4:
         raise ShapeError(f"sdpa takes q, k, v as [B, H, T, D], got {q}, {k}, {v}")
     h, kv = q.shape[1], k.shape[1]
@@ -280,8 +282,17 @@ def _flash(qg, k, v, mask, block):
 SELF_ATTENTION = "gqa"
 
 
-def _sdpa_onnx(b, q, k, v, bias=None, scale=1.0, softcap=0.0, causal=False, window=0):
+def _sdpa_onnx(b, q, k, v, bias=None, mask=None, scale=1.0, softcap=0.0, causal=False,
+               window=0):
     qt, kt, vt = b.type_of(q), b.type_of(k), b.type_of(v)
+    if mask is not None:  # If(right-padded, GroupQueryAttention with lengths, this lowering)
+        from archc.ops.sdpa_past import padded_self_attention
+
+        attrs = {"scale": scale, "softcap": softcap, "causal": causal, "window": window}
+        fast = padded_self_attention(b, (q, k, v, bias, mask), lambda: _sdpa_onnx(
+            b, q, k, v, bias, **attrs), **attrs)
+        if fast is not None:
+            return fast
     square = qt.shape[2] == kt.shape[2]
     full = None if bias is None else _full_bias(b, bias, q, k)
     # onnxruntime's GroupQueryAttention refuses a head size that is not a multiple of 8
@@ -347,9 +358,16 @@ def _gqa_onnx(b, q, k, v, full, scale, softcap, causal, window):
         attrs["softcap"] = float(softcap)
     if causal and window:
         attrs["local_window_size"] = int(window)  # the query and the window - 1 keys before
-    out = b.op("GroupQueryAttention", *bsd, "", "", seqlens, total, "", "", "",
-               *([full] if full is not None else []), domain=MS, **attrs)
+    empty = b.op("Slice", k, *(_i64(b, x) for x in (0, 0, 2)))  # [B, KV, 0, D]
+    # an empty past and named presents: the CPU kernel's faster prompt path (sdpa_past.py)
+    out = b.op_multi("GroupQueryAttention", *bsd, empty, empty, seqlens, total, "", "", "",
+                     *([full] if full is not None else []), n=3, domain=MS, **attrs)[0]
     return b.op("Transpose", b.op("Reshape", out, _i64(b, 0, 0, h, d)), perm=[0, 2, 1, 3])
+
+
+def _row_ok(b, bias):  # [B|1, H|1, Tq|1, 1]: the rows with a key, once per bias
+    return b.memo(("row_ok", bias), lambda: b.op(
+        "Greater", b.op("ReduceMax", bias, _i64(b, -1), keepdims=1), b.scalar(LOWEST / 2)))
 
 
 def _patch_empty_rows(b, out, bias, v, h):
@@ -357,8 +375,7 @@ def _patch_empty_rows(b, out, bias, v, h):
     (all scores equal float32's lowest, so softmax is uniform). The kernels differ there: ONNX
     Attention's CPU kernel returns other values, and GroupQueryAttention with causal=1 averages
     only the keys up to the query. Which rows those are is read off the bias once per model."""
-    row_ok = b.memo(("row_ok", bias), lambda: b.op(  # [B|1, H|1, Tq|1, 1]
-        "Greater", b.op("ReduceMax", bias, _i64(b, -1), keepdims=1), b.scalar(LOWEST / 2)))
+    row_ok = _row_ok(b, bias)
     _, kv, _, dv = b.type_of(v).shape
     mean_v = b.op("ReduceMean", v, _i64(b, 2), keepdims=1)  # [B, KV, 1, Dv]
     if h != kv:  # kv head j serves query heads j*G .. j*G+G-1
@@ -367,5 +384,9 @@ def _patch_empty_rows(b, out, bias, v, h):
     return b.op("Where", row_ok, out, mean_v)
 
 
-register_op("sdpa", (3, 4), {"scale": True, "softcap": False, "causal": False, "window": False},
-            infer=_sdpa_infer, numpy=sdpa, onnx=_sdpa_onnx)
+# The optional fifth input is the [B, Tk] key mask the bias was built from with the causal mask
+# (rule `sdpa_masked`: bias = where(causal & mask != 0, 0, lowest)): a hint for kernels that
+# take lengths. The bias alone says everything, so the NumPy kernel ignores it.
+register_op("sdpa", (3, 5), {"scale": True, "softcap": False, "causal": False, "window": False},
+            infer=_sdpa_infer, numpy=lambda q, k, v, bias=None, mask=None, **a: sdpa(
+                q, k, v, bias, **a), onnx=_sdpa_onnx)

@@ -19,6 +19,14 @@ the bias, which carries the whole mask), total_sequence_length = P+T (int32 scal
 GQA's causal mask only hides keys the bias hides too. Its CPU kernel refuses several new tokens
 after a past when the batch has more than one row, so an ONNX `If` takes ONNX Attention then (a
 chunked prefill of a batch). Fully masked rows get the mean of the values, as in `sdpa`.
+
+Fast paths (FAST_PATHS). The rules pass the [B, Tk] key mask the bias was built from as a last
+input (`sdpa`'s fifth, `sdpa_past`'s seventh) when the bias is exactly where(causal & mask, 0,
+lowest). The lowering then checks the mask at run time, O(B Tk), once per model, and an ONNX `If`
+takes GroupQueryAttention without the bias when it can (`padded_self_attention`: right padding
+or none; `_fast`: all ones), else the exact lowering above (left padding needs it). The O(T^2)
+bias add and the empty-row patch go from the common case; the numbers stay within 1e-5
+(tests/test_fusions_fastpath.py).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from archc.ir.types import ShapeError, TensorType
-from archc.ops.fused import LOWEST, MS, _f32, _i64, _patch_empty_rows, sdpa
+from archc.ops.fused import LOWEST, MS, _f32, _full_bias, _i64, _patch_empty_rows, _row_ok, sdpa
 from archc.ops.registry import register_op
 
 
@@ -39,9 +47,11 @@ def _concat_type(past: TensorType, new: TensorType) -> TensorType:
 
 
 def _infer(q: TensorType, k: TensorType, v: TensorType, pk: TensorType, pv: TensorType,
-           bias: TensorType, scale: float = 1.0, softcap: float = 0.0,
-           causal: bool = False) -> TensorType:
+           bias: TensorType, mask: TensorType | None = None, scale: float = 1.0,
+           softcap: float = 0.0, causal: bool = False) -> TensorType:
     _f32(q, k, v, pk, pv, bias)
+    if mask is not None and (mask.rank != 2 or mask.shape[1] != _concat_type(pk, k).shape[2]):
+        raise ShapeError(f"sdpa_past: the key mask {mask} is not [B, P+T]")
     from archc.ops import OPS
 
     for past, new in ((pk, k), (pv, v)):
@@ -53,14 +63,30 @@ def _infer(q: TensorType, k: TensorType, v: TensorType, pk: TensorType, pv: Tens
     return OPS["sdpa"].infer(q, kk, _concat_type(pv, v), bias, scale=scale, softcap=softcap)
 
 
-def sdpa_past(q, k, v, pk, pv, bias, scale=1.0, softcap=0.0, causal=False):
-    """[B,H,T,D], [B,KV,T,D] x2, [B,KV,P,D] x2, bias -> (out, past ++ k, past ++ v)"""
+def sdpa_past(q, k, v, pk, pv, bias, mask=None, scale=1.0, softcap=0.0, causal=False):
+    """[B,H,T,D], [B,KV,T,D] x2, [B,KV,P,D] x2, bias -> (out, past ++ k, past ++ v)
+    (`mask` is a hint for the ONNX lowering: the bias already holds it)"""
     kk, vv = np.concatenate([pk, k], axis=2), np.concatenate([pv, v], axis=2)
     if causal:  # query i is token P + i: keys j > P + i are hidden
         t, n = q.shape[2], kk.shape[2]
         keep = np.arange(n)[None, :] <= np.arange(n - t, n)[:, None]
         bias = np.where(keep, bias, np.float32(LOWEST)).astype(np.float32)
     return sdpa(q, kk, vv, bias, scale=scale, softcap=softcap), kk, vv
+
+
+def _i32(b, *v):
+    return b.const(np.array(v[0] if len(v) == 1 else v, np.int32))
+
+
+def _keep32(b, mask) -> str:
+    """[B, N] int32: 1 where the mask keeps the key (mask != 0, as `padding_mask`), once."""
+    return b.memo(("keep32", mask), lambda: b.op("Cast", b.op("Cast", mask, to=9), to=6))
+
+
+def _bsd(b, q, k, v) -> list[str]:
+    """q, k, v [B, heads, T, D] -> [B, T, heads*D], GroupQueryAttention's layout."""
+    return [b.op("Reshape", b.op("Transpose", x, perm=[0, 2, 1, 3]),
+                 _i64(b, 0, 0, b.type_of(x).shape[1] * b.type_of(x).shape[3])) for x in (q, k, v)]
 
 
 def _total(b, q, pk) -> str:
@@ -107,14 +133,70 @@ def _causal_bias(b, q, bias, total) -> str:
 
 
 def _branch(b, name: str, emit) -> onnx.GraphProto:
-    """The nodes `emit()` adds, as a subgraph returning its results (outer names are in scope)."""
-    saved, b.nodes = b.nodes, []
+    """The nodes `emit()` adds, as a subgraph returning its results (outer names are in scope).
+    What it remembers (`b.memo`) stays in it: a later branch cannot see this one's values."""
+    saved, memo, b.nodes, b._memo = b.nodes, b._memo, [], dict(b._memo)
     outs = emit()
-    nodes, b.nodes = b.nodes, saved
+    nodes, b.nodes, b._memo = b.nodes, saved, memo
     for node in nodes:
         node.name = f"{name}_{node.name}"
     return helper.make_graph(nodes, name, [], [
         helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs])
+
+
+def _right_padded(b, mask) -> tuple[str, str, str]:
+    """(ok, seqlens_k, total) once per key mask [B, T]: ok (a bool scalar) when every row is
+    L >= 1 ones then zeros (right padding, or none), i.e. mask == (j < L); seqlens_k = L - 1
+    ([B] int32); total = T (an int32 scalar). O(B T)."""
+    def emit():
+        keep = _keep32(b, mask)
+        lens = b.op("ReduceSum", keep, _i64(b, 1), keepdims=1)  # [B, 1]: L
+        t = b.op("Cast", b.op("Squeeze", b.op("Shape", mask, start=1, end=2), _i64(b, 0)), to=6)
+        prefix = b.op("Cast", b.op("Less", b.op("Range", _i32(b, 0), t, _i32(b, 1)), lens), to=6)
+        same = b.op("ReduceMin", b.op("Cast", b.op("Equal", prefix, keep), to=6), keepdims=0)
+        ok = b.op("And", b.op("Equal", same, _i32(b, 1)),
+                  b.op("Greater", b.op("ReduceMin", lens, keepdims=0), _i32(b, 0)))
+        return ok, b.op("Sub", b.op("Squeeze", lens, _i64(b, 1)), _i32(b, 1)), t
+    return b.memo(("right_padded", mask), emit)
+
+
+# Whether `sdpa` / `sdpa_past` with their key mask lower behind the If of the fast paths
+# (`padded_self_attention`, `_fast`); False: always the exact lowering (benchmarks/prefill.py
+# measures both).
+FAST_PATHS = True
+
+
+def padded_self_attention(b, args, exact, scale=1.0, softcap=0.0, causal=False, window=0):
+    """`sdpa` with its key mask (causal self-attention, bias = where(causal & mask, 0, lowest)):
+    If(mask right-padded, GroupQueryAttention with seqlens_k = L - 1 and no bias, exact()).
+
+    GQA's causal=1 hides the keys after each query and seqlens_k those at or past L, for every
+    query row, padded ones too (they see keys 0..L-1, as the bias says), and with L >= 1 no
+    row is empty: the [B, H, T, T] bias add and the empty-row patch go. A left-padded row (or
+    an empty one) takes exact(). None when GQA cannot run it (a window, Tq != Tk, head sizes)."""
+    q, k, v, bias, mask = args
+    (_, h, tq, d), (_, kv, tk, dv) = b.type_of(q).shape, b.type_of(v).shape
+    if not FAST_PATHS or not causal or window or tq != tk or d % 8 or dv != d:
+        return None
+    ok, seqlens, total = _right_padded(b, mask)
+    _full_bias(b, bias, q, k), _row_ok(b, bias)  # the exact branch's shared values, outside
+    attrs = {"num_heads": h, "kv_num_heads": kv, "scale": float(scale), "causal": 1,
+             **({"softcap": float(softcap)} if softcap else {})}
+
+    def gqa():  # [B, T, H*D]
+        # an empty past ([B, KV, 0, D], sliced off k) and named presents (then unused):
+        # onnxruntime's CPU kernel runs a prompt 1.5x faster so (68 against 102 ms a layer at
+        # T = 2048, one thread; without the presents it takes the slow way again)
+        empty = b.op("Slice", k, *(_i64(b, x) for x in (0, 0, 2)))
+        return b.op_multi("GroupQueryAttention", *_bsd(b, q, k, v), empty, empty, seqlens,
+                          total, n=3, domain=MS, **attrs)[:1]
+
+    def flat():
+        out = exact()
+        return [b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]), _i64(b, 0, 0, h * d))]
+    out = b.op("If", ok, then_branch=_branch(b, "fast", gqa),
+               else_branch=_branch(b, "exact", flat))
+    return b.op("Transpose", b.op("Reshape", out, _i64(b, 0, 0, h, d)), perm=[0, 2, 1, 3])
 
 
 # What `sdpa_past` lowers to: "concat" for ONNX Attention (opset 23) over concat(past, new),
@@ -133,8 +215,9 @@ def _branch(b, name: str, emit) -> onnx.GraphProto:
 CACHED_ATTENTION = "concat"
 
 
-def _onnx(b, q, k, v, pk, pv, bias, scale=1.0, softcap=0.0, causal=False):
-    """[B, H, T, Dv] and the presents, by CACHED_ATTENTION."""
+def _onnx(b, q, k, v, pk, pv, bias, mask=None, scale=1.0, softcap=0.0, causal=False):
+    """[B, H, T, Dv] and the presents, by CACHED_ATTENTION; with the key `mask`, behind an If
+    that takes GroupQueryAttention without a bias when the mask is all ones (`_fast`)."""
     (_, h, _, d), dv = b.type_of(q).shape, b.type_of(v).shape[3]
     total = _total(b, q, pk)
     if b.type_of(bias).rank != 4 or b.type_of(bias).shape[2:] != (
@@ -151,14 +234,64 @@ def _onnx(b, q, k, v, pk, pv, bias, scale=1.0, softcap=0.0, causal=False):
             kk, vv = b.op("Concat", pk, k, axis=2), b.op("Concat", pv, v, axis=2)
             return [b.op("Attention", q, kk, vv, masked, **attrs), kk, vv]
         return b.op_multi("Attention", q, k, v, masked, pk, pv, n=3, **attrs)
-    if CACHED_ATTENTION != "gqa" or d % 8 or dv != d:  # GQA: one head size, a multiple of 8
-        outs = attention()
+
+    def exact():  # [B, H, T, Dv] with the empty rows patched, presents
+        if CACHED_ATTENTION != "gqa" or d % 8 or dv != d:  # GQA: one head size, a multiple of 8
+            outs = attention()
+        else:
+            outs = _gqa(b, (q, k, v, pk, pv, bias), total, attention, causal=int(causal),
+                        **attrs)
+        b.types[outs[2]] = _concat_type(b.type_of(pv), b.type_of(v))
+        return [_patch_empty_rows(b, outs[0], masked, outs[2], h), *outs[1:]]
+    if mask is None or not FAST_PATHS or not causal or d % 8 or dv != d:
+        outs = exact()
     else:
-        outs = _gqa(b, (q, k, v, pk, pv, bias), total, attention, causal=int(causal), **attrs)
+        outs = _fast(b, (q, k, v, pk, pv), mask, total, masked, exact, **attrs)
     b.types[outs[2]] = _concat_type(b.type_of(pv), b.type_of(v))
-    out = _patch_empty_rows(b, outs[0], masked, outs[2], h)  # rows the causal mask empties too
-    b.outputs_of[out] = (out, outs[1], outs[2])
-    return out
+    b.outputs_of[outs[0]] = tuple(outs)
+    return outs[0]
+
+
+def _fast(b, args, mask, total, masked, exact, **attrs) -> list[str]:
+    """With the mask all ones (checked in O(B (P+T)), once per model), the bias is just the
+    causal mask (bottom right) and no row is empty, so the bias add and the patch go:
+
+        If(all ones and T = 1, Attention(q, past ++ k, past ++ v) with no mask at all,
+           If(all ones and GQA can run, GroupQueryAttention with past and no bias, exact()))
+
+    One new token sees every key (the step keeps the [B, H, T, D] layout: no transposes); GQA's
+    causal=1 with seqlens_k = P + T - 1 hides the later keys of several. Any zero in the mask
+    takes exact(): GQA reads seqlens_k as where the new keys go, so padding would move them."""
+    q, k, v, pk, pv = args
+    (_, h, _, d), kv = b.type_of(q).shape, b.type_of(k).shape[1]
+    seqlens, n = _gqa_lengths(b, q, total)  # outside the branches: every layer reads them
+    ones = b.memo(("all_ones", mask), lambda: b.op("Equal", b.op(
+        "ReduceMin", _keep32(b, mask), keepdims=0), _i32(b, 1)))
+    gqa_ok = b.memo(("gqa_ok", mask, total), lambda: b.op("And", _gqa_can_run(b, q, pk), ones))
+    step_ok = b.memo(("step_ok", mask, total), lambda: b.op("And", ones, b.op("Squeeze", b.op(
+        "Equal", b.op("Shape", q, start=2, end=3), _i64(b, 1)), _i64(b, 0))))
+    _row_ok(b, masked)  # the exact branch's row check, outside: every layer reads it
+
+    def step():  # [B, H, 1, Dv], presents
+        kk, vv = b.op("Concat", pk, k, axis=2), b.op("Concat", pv, v, axis=2)
+        return [b.op("Attention", q, kk, vv, **attrs), kk, vv]
+
+    def gqa():  # [B, T, H*D], presents
+        return b.op_multi("GroupQueryAttention", *_bsd(b, q, k, v), pk, pv, seqlens, n,
+                          n=3, domain=MS, num_heads=h, kv_num_heads=kv, causal=1, **attrs)
+
+    def flat():
+        out, *presents = exact()
+        return [b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]),
+                     _i64(b, 0, 0, h * d)), *presents]
+
+    def prompt():  # [B, H, T, Dv], presents
+        outs = b.op_multi("If", gqa_ok, n=3, then_branch=_branch(b, "fast", gqa),
+                          else_branch=_branch(b, "exact", flat))
+        return [b.op("Transpose", b.op("Reshape", outs[0], _i64(b, 0, 0, h, d)),
+                     perm=[0, 2, 1, 3]), *outs[1:]]
+    return b.op_multi("If", step_ok, n=3, then_branch=_branch(b, "fast_step", step),
+                      else_branch=_branch(b, "prompt", prompt))
 
 
 def _gqa(b, args, total, attention, **attrs) -> list[str]:
@@ -168,10 +301,8 @@ def _gqa(b, args, total, attention, **attrs) -> list[str]:
     seqlens, n = _gqa_lengths(b, q, total)  # outside the branches: every layer reads them
 
     def gqa():  # [B, T, H*D], presents
-        bsd = [b.op("Reshape", b.op("Transpose", x, perm=[0, 2, 1, 3]), _i64(b, 0, 0, m * d))
-               for x, m in ((q, h), (k, kv), (v, kv))]
-        return b.op_multi("GroupQueryAttention", *bsd, pk, pv, seqlens, n, "", "", "", bias,
-                          n=3, domain=MS, num_heads=h, kv_num_heads=kv, **attrs)
+        return b.op_multi("GroupQueryAttention", *_bsd(b, q, k, v), pk, pv, seqlens, n, "", "",
+                          "", bias, n=3, domain=MS, num_heads=h, kv_num_heads=kv, **attrs)
 
     def flat():
         out, *presents = attention()
@@ -183,7 +314,7 @@ def _gqa(b, args, total, attention, **attrs) -> list[str]:
     return [out, *outs[1:]]
 
 
-register_op("sdpa_past", 6, {"scale": True, "softcap": False, "causal": False},
+register_op("sdpa_past", (6, 7), {"scale": True, "softcap": False, "causal": False},
             infer=_infer, numpy=sdpa_past, onnx=_onnx)
 
 

@@ -20,6 +20,11 @@ Adding float32's lowest to a score rounds to float32's lowest, which is what `ma
 writes, so the numbers are unchanged, fully masked rows included (they stay uniform). A
 `where` fill above -1e30 (BERT's -10000) is not absorbed that way, and the rule says so.
 
+When keep is exactly causal_mask & padding_mask(M) over one sequence (or the cached positions)
+and nothing else is added, M rides along as the op's last input: the lowering uses it to run
+GroupQueryAttention with lengths instead of the bias when M is right-padded or all ones
+(archc/ops/sdpa_past.py, "Fast paths").
+
 `causal` and `window` record what the mask proves: when keep is `causal_mask(qpos, kpos)` (or
 an `and` of one with anything) and both positions count 0..T-1 over the same dims, no query
 sees a later key, and with `window = w` none sees a key w or more places back. Kernels use
@@ -158,7 +163,18 @@ class Sdpa(Rule):
 
     def rewrite(self, op, m):
         attrs, bias = self._attrs_bias(op, m)
-        return op.sdpa(m["q"], m["k"], m["v0"], *([bias] if bias is not None else []), **attrs)
+        mask = self._key_mask(m) if bias is not None else None
+        return op.sdpa(m["q"], m["k"], m["v0"], *([bias] if bias is not None else []),
+                       *([mask] if mask is not None else []), **attrs)
+
+    def _key_mask(self, m) -> Node | None:
+        """M when the bias is where(causal_mask & padding_mask(M), 0, lowest) over positions
+        0..T-1, T = len(q) = len(k) = M.shape[1] (no additive bias, no window): a hint for the
+        lowering, which runs GroupQueryAttention with lengths when M is right-padded."""
+        q, k = m["q"], m["k"]
+        mask = _key_mask(m, lambda c: _op(c, "causal_mask") and causal_window(c) == (True, 0))
+        ok = mask is not None and mask.type.shape[1] == k.type.shape[2] == q.type.shape[2]
+        return mask if ok else None
 
     def _attrs_bias(self, op, m) -> tuple[dict, Node | None]:
         steps = {n: m[n] for n in ("bias", "softcap", "scale") if n in m}
@@ -216,6 +232,18 @@ def _offset_causal(keep: Node, q: Node, cat: Node) -> bool:
     return False
 
 
+def _key_mask(m: Match, causal) -> Node | None:
+    """M when the mask is logical_and(c, padding_mask(M)) (either order) with causal(c) and
+    there is no additive bias step: the bias is then exactly where(c & M != 0, 0, lowest)."""
+    keep = m["keep"] if "keep" in m and "bias" not in m else None
+    if keep is None or not _op(keep, "logical_and") or len(keep.inputs) != 2:
+        return None
+    for c, pad in (keep.inputs, keep.inputs[::-1]):
+        if _op(pad, "padding_mask") and causal(c):
+            return pad.inputs[0]
+    return None
+
+
 class SdpaPast(Sdpa):
     """Attention over a KV cache -> `sdpa_past` (GroupQueryAttention with past and present):
     the keys and values are concat(past input, new) and the mask is causal over the cached
@@ -253,7 +281,9 @@ class SdpaPast(Sdpa):
         if bias is None:  # sdpa_past takes the whole mask as its bias
             bias = op.where(m["keep"], op.const(np.float32(0.0)), op.const(np.float32(LOWEST)))
         (pk, k), (pv, v) = m["present_k"].inputs, m["present_v"].inputs
-        t = op.sdpa_past(m["q"], k, v, pk, pv, bias, causal=True, **attrs)
+        mask = _key_mask(m, lambda c: _offset_causal(c, m["q"], m["present_k"]))
+        t = op.sdpa_past(m["q"], k, v, pk, pv, bias, *([mask] if mask is not None else []),
+                         causal=True, **attrs)
         return {"": op.tuple_get(t, index=0),
                 "present_k": op.kv_present(t, pk, k, index=1),
                 "present_v": op.kv_present(t, pv, v, index=2)}
