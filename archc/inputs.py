@@ -256,15 +256,19 @@ def _small(node: Node, dims: dict) -> bool:
 
 # ---------------------------------------------------------------- sizes
 def check_activations(graph: Graph, dims: dict[str, int]) -> None:
-    """Refuse a run whose largest value would not fit the ARCHC_MAX_BYTES budget."""
-    largest, who = 0, None
+    """Refuse a run whose largest value would not fit the ARCHC_MAX_BYTES budget. Sized once
+    per distinct type (a graph has hundreds of nodes and a few dozen types): a decode step
+    calls this every token."""
+    first: dict = {}  # type -> its first node, which names the value when it is the largest
     for n in graph.nodes():
-        if n.type is None or n.kind == "param":
-            continue
-        shape = [size_of(d, dims) for d in n.type.shape]
+        if n.type is not None and n.kind != "param":
+            first.setdefault(n.type, n)
+    largest, who = 0, None
+    for t, n in first.items():
+        shape = [size_of(d, dims) for d in t.shape]
         if None in shape:
             continue
-        size = nbytes(shape, ITEMSIZE.get(n.type.dtype, 8))
+        size = nbytes(shape, ITEMSIZE.get(t.dtype, 8))
         if size > largest:
             largest, who = size, (n, shape)
     if who is not None:

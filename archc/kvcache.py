@@ -29,22 +29,26 @@ class Runner:
     def __init__(self, graph: Graph, weights: dict[str, np.ndarray], backend: str = "numpy"):
         self.graph, self.backend = graph, backend
         self.weights = {k: weights[k] for k in graph.params}
-        self._ort = None
-        if backend == "onnxruntime":
+        self._ort = self._plan = None
+        if backend == "numpy":  # compiled and bound once: a step runs the flat plan
+            from archc.backends.numpy_interp import bind, compile_graph
+
+            self._plan = bind(compile_graph(graph), self.weights)
+        elif backend == "onnxruntime":
             from archc.backends.onnx_export import export_onnx
             from archc.backends.ort import session
 
             self._ort = session(export_onnx(graph, self.weights))
-        elif backend != "numpy":
+        else:
             raise ValueError(f"unknown backend `{backend}` (numpy or onnxruntime)")
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._ort is not None:
             names = [o.name for o in self._ort.get_outputs()]
             return dict(zip(names, self._ort.run(names, feeds)))
-        from archc.backends.numpy_interp import run_graph
+        from archc.backends.numpy_interp import run_plan
 
-        return run_graph(self.graph, feeds, self.weights)
+        return run_plan(self._plan, feeds, self.weights)
 
 
 class Session:

@@ -111,7 +111,9 @@ def _rope(x, ang, interleaved: bool = False):  # x [B,H,T,D], ang [T,R] | [B,T,R
     else:  # halves (x[:r], x[r:]) rotate together (GPT-NeoX, LLaMA)
         x1, x2 = rot[..., :r], rot[..., r:]
         out = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return np.concatenate([out, rest], axis=-1).astype(x.dtype)
+    if rest.shape[-1]:  # a partial rotary: the dims past 2r pass through
+        out = np.concatenate([out, rest], axis=-1)
+    return out.astype(x.dtype, copy=False)
 
 
 def _rope_onnx(b, x, ang, interleaved: bool = False):

@@ -23,7 +23,7 @@ register_op("matmul", 2, infer=_matmul_infer, numpy=np.matmul,
 
 def _softmax(x, axis: int = -1):  # max-subtracted for stability
     e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)
+    return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype, copy=False)
 
 
 register_op("softmax", 1, {"axis": True}, infer=same, numpy=_softmax,
@@ -40,7 +40,7 @@ def _layer_norm(x, w, b=None, eps: float = 1e-5):  # [..., D], [D], [D] -> [...,
     mean = x.mean(axis=-1, keepdims=True)
     var = np.square(x - mean).mean(axis=-1, keepdims=True)
     y = (x - mean) / np.sqrt(var + np.float32(eps)) * w
-    return (y if b is None else y + b).astype(x.dtype)
+    return (y if b is None else y + b).astype(x.dtype, copy=False)
 
 
 def _layer_norm_onnx(b, x, w, bias=None, eps: float = 1e-5):
@@ -54,7 +54,7 @@ register_op("layer_norm", (2, 3), {"eps": True}, infer=_norm_infer, numpy=_layer
 
 def _rms_norm(x, w, eps: float = 1e-6):  # x / sqrt(mean(x^2) + eps) * w
     ms = np.square(x).mean(axis=-1, keepdims=True)
-    return (x / np.sqrt(ms + np.float32(eps)) * w).astype(x.dtype)
+    return (x / np.sqrt(ms + np.float32(eps)) * w).astype(x.dtype, copy=False)
 
 
 def _rms_norm_onnx(b, x, w, eps: float = 1e-6):
@@ -71,7 +71,7 @@ def _moe_gates(logits, k: int):  # [..., E] -> [..., E]: softmax, keep the top k
     probs = _softmax(logits.astype(np.float32))
     kth = -np.sort(-probs, axis=-1)[..., k - 1: k]
     kept = np.where(probs >= kth, probs, 0)
-    return (kept / kept.sum(axis=-1, keepdims=True)).astype(logits.dtype)
+    return (kept / kept.sum(axis=-1, keepdims=True)).astype(logits.dtype, copy=False)
 
 
 def _moe_gates_onnx(b, logits, k: int):

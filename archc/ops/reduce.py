@@ -28,7 +28,7 @@ register_op("reduce_sum", 1, {"axis": True, "keepdims": False}, infer=_reduce_in
                 "ReduceSum", x, _axes(b, axis), keepdims=int(keepdims)))
 
 register_op("cumsum", 1, {"axis": True}, infer=lambda x, axis: x,
-            numpy=lambda x, axis: np.cumsum(x, axis=axis).astype(x.dtype),
+            numpy=lambda x, axis: np.cumsum(x, axis=axis).astype(x.dtype, copy=False),
             onnx=lambda b, x, axis: b.op("CumSum", x, b.const(np.array(axis, np.int64))))
 
 
@@ -48,7 +48,7 @@ def _reduction(name: str, fn, onnx_op: str, *dtypes: str) -> None:
         return _reduce_infer(x, axis, keepdims)
 
     def kernel(x, axis, keepdims=False):  # [.., N, ..] -> [.., ..] or [.., 1, ..]
-        return np.asarray(fn(x, axis=axis, keepdims=keepdims)).astype(x.dtype)
+        return np.asarray(fn(x, axis=axis, keepdims=keepdims)).astype(x.dtype, copy=False)
 
     register_op(name, 1, {"axis": True, "keepdims": False}, infer=infer, numpy=kernel,
                 onnx=lambda b, x, axis, keepdims=False: b.op(

@@ -42,7 +42,7 @@ def _transpose_infer(x: TensorType, perm: tuple[int, ...]) -> TensorType:
 
 
 register_op("transpose", 1, {"perm": True}, infer=_transpose_infer,
-            numpy=lambda x, perm: np.transpose(x, perm),
+            numpy=lambda x, perm: x.transpose(perm),
             onnx=lambda b, x, perm: b.op("Transpose", x, perm=list(perm)))
 
 
