@@ -130,7 +130,7 @@ class Report:
     def diagnostic(self) -> Diagnostic:
         bad = [c for c in self.checks if not c.passed] or [None]
         fired = sorted({r for f in self.fusions.values() for r in f})
-        return Diagnostic("E0600", f"onnxruntime -O2 differs from NumPy -O0: {_why(bad[0])}",
+        return Diagnostic("E0610", f"onnxruntime -O2 differs from NumPy -O0: {_why(bad[0])}",
                           notes=tuple(f"also {_why(c)}" for c in bad[1:6]),
                           help=f"the -O2 graphs fired {', '.join(fired) or 'no fusion rule'}; "
                           "`archc compile --explain` says what each rule did")

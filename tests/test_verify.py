@@ -169,7 +169,7 @@ def test_a_dropped_sliding_window_fails_and_short_inputs_would_miss_it(monkeypat
     assert not full.passed and full.max_abs > 1e-2 and full.argmax < 1
     assert main(["verify", str(spec)]) == 1
     out, err = capsys.readouterr()
-    assert "FAIL" in out and "error[E0600]" in err and "`logits` (full)" in err
+    assert "FAIL" in out and "error[E0610]" in err and "`logits` (full)" in err
 
 
 def test_a_dropped_softcap_fails(monkeypatch, tmp_path, capsys):
@@ -179,7 +179,7 @@ def test_a_dropped_softcap_fails(monkeypatch, tmp_path, capsys):
                  str(tmp_path / "model.safetensors"), "--json"]) == 1
     out, err = capsys.readouterr()
     data = json.loads(out)
-    assert not data["passed"] and "error[E0600]" in err
+    assert not data["passed"] and "error[E0610]" in err
     assert any(not c["passed"] and c["mode"] == "full" for c in data["checks"])
 
 
