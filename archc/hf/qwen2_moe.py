@@ -263,7 +263,14 @@ def describe(c: HFConfig, tensors=None) -> str:
 
 
 def weights(c: HFConfig, spec: str, t: Tensors) -> common.Weights:
-    a = attention_dims(c, flag(c, "qkv_bias", True), False)
+    return moe_weights(c, t, attention_dims(c, flag(c, "qkv_bias", True), False),
+                       qk_norm=False, shared_expert=True)
+
+
+def moe_weights(c: HFConfig, t: Tensors, a, qk_norm: bool, shared_expert: bool
+                ) -> common.Weights:
+    """The Qwen MoE layer stack: norms, attention (with per-head q/k norms: Qwen3), and a
+    dense GLU or routed experts (with a gated shared expert: Qwen2) per layer."""
     n, e, d = c.get("num_hidden_layers"), n_experts(c), a.d
     out: common.Weights = {}
     sparse = set(sparse_layers(c, n))
@@ -271,16 +278,19 @@ def weights(c: HFConfig, spec: str, t: Tensors) -> common.Weights:
         hf, me = f"model.layers.{i}", f"layers.{i}"
         layer_norms(out, t, hf, me, d)
         common.attention(out, t, f"{hf}.self_attn", f"{me}.self_attn", a)
+        for k in ("q_norm", "k_norm") if qk_norm else ():
+            common.norm(out, t, f"{hf}.self_attn.{k}", f"{me}.self_attn.{k}", a.head_dim, False)
         if i not in sparse:
             glu(out, t, f"{hf}.mlp", f"{me}.mlp", d, c.get("intermediate_size"))
             continue
         out[f"{me}.mlp.router.weight"] = t.linear(f"{hf}.mlp.gate.weight", d, e)
         experts(out, t, f"{hf}.mlp.experts", f"{me}.mlp.experts", e, d,
                 size(c, "moe_intermediate_size"))
-        glu(out, t, f"{hf}.mlp.shared_expert", f"{me}.mlp.shared_expert", d,
-            size(c, "shared_expert_intermediate_size"))
-        out[f"{me}.mlp.shared_expert_gate.weight"] = t.linear(
-            f"{hf}.mlp.shared_expert_gate.weight", d, 1)
+        if shared_expert:
+            glu(out, t, f"{hf}.mlp.shared_expert", f"{me}.mlp.shared_expert", d,
+                size(c, "shared_expert_intermediate_size"))
+            out[f"{me}.mlp.shared_expert_gate.weight"] = t.linear(
+                f"{hf}.mlp.shared_expert_gate.weight", d, 1)
     head(out, c, t, c.get("vocab_size"), d)
     return out
 

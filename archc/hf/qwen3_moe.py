@@ -10,17 +10,12 @@ from archc.hf.qwen2_moe import (
     MOE_NOTE,
     attention_call,
     attention_dims,
-    experts,
     ffn_lines,
     flag,
-    glu,
-    head,
-    layer_norms,
     lets,
-    n_experts,
+    moe_weights,
     render,
     rope_line,
-    size,
     sparse_layers,
     wrap,
 )
@@ -45,21 +40,4 @@ def describe(c: HFConfig, tensors=None) -> str:
 
 
 def weights(c: HFConfig, spec: str, t: Tensors) -> common.Weights:
-    a = _dims(c)
-    n, e, d = c.get("num_hidden_layers"), n_experts(c), a.d
-    out: common.Weights = {}
-    sparse = set(sparse_layers(c, n))
-    for i in range(n):
-        hf, me = f"model.layers.{i}", f"layers.{i}"
-        layer_norms(out, t, hf, me, d)
-        common.attention(out, t, f"{hf}.self_attn", f"{me}.self_attn", a)
-        for k in ("q_norm", "k_norm"):
-            common.norm(out, t, f"{hf}.self_attn.{k}", f"{me}.self_attn.{k}", a.head_dim, False)
-        if i in sparse:
-            out[f"{me}.mlp.router.weight"] = t.linear(f"{hf}.mlp.gate.weight", d, e)
-            experts(out, t, f"{hf}.mlp.experts", f"{me}.mlp.experts", e, d,
-                    size(c, "moe_intermediate_size"))
-        else:
-            glu(out, t, f"{hf}.mlp", f"{me}.mlp", d, c.get("intermediate_size"))
-    head(out, c, t, c.get("vocab_size"), d)
-    return out
+    return moe_weights(c, t, _dims(c), qk_norm=True, shared_expert=False)
