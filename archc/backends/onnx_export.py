@@ -125,12 +125,13 @@ def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
 
 
 def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None,
-                check: bool = True, external: str | None = None) -> onnx.ModelProto:
-    """The ONNX model of `graph`. With `external` (a file name beside the model) every
-    parameter is an initializer whose data lies in that file, in `external_layout` order,
+                check: bool = True, external: tuple[str, dict] | None = None
+                ) -> onnx.ModelProto:
+    """The ONNX model of `graph`. With `external` = (a file name beside the model, its
+    `external_layout`) every parameter is an initializer whose data lies in that file,
     and no weight is read: `archc.backends.onnx_save` streams them there."""
     b = OnnxBuilder()
-    layout = external_layout(graph, weights) if external else {}
+    location, layout = external or (None, {})
     names: dict[int, str] = {}
     out_of = {node.id: name for name, node in graph.outputs.items()}
     graph_inputs = []
@@ -146,7 +147,7 @@ def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None,
             if weights is None:
                 graph_inputs.append(_value_info(n.name, n.type))
             elif external:
-                b.initializers[n.name] = _external(n.name, external, *layout[n.name])
+                b.initializers[n.name] = _external(n.name, location, *layout[n.name])
             else:
                 b.initializers[n.name] = numpy_helper.from_array(weights[n.name], n.name)
         elif n.kind == "const":

@@ -47,8 +47,9 @@ def save_models(models) -> tuple[list[onnx.ModelProto], list[str]]:
             inline[path] = model_bytes(protos[-1])
             continue
         data = path.with_name(path.name + ".data")
-        protos.append(export_onnx(graph, weights, check=False, external=data.name))
-        external[path] = (model_bytes(protos[-1]), data, _streamer(graph, weights, data.name))
+        layout = external_layout(graph, weights)
+        protos.append(export_onnx(graph, weights, check=False, external=(data.name, layout)))
+        external[path] = (model_bytes(protos[-1]), data, _streamer(weights, layout, data.name))
     if not external:
         write_files(inline)
         return protos, [str(p) for p in inline]
@@ -69,8 +70,7 @@ def save_models(models) -> tuple[list[onnx.ModelProto], list[str]]:
     return protos, [str(p) for p in (*inline, *staged)]
 
 
-def _streamer(graph: Graph, weights, name: str):
-    layout = external_layout(graph, weights)
+def _streamer(weights, layout: dict, name: str):
 
     def stream(tmp: Path) -> None:
         total = sum(length for *_, length in layout.values())
