@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from archc import api
-from archc.cli_view import add_commands, lazy
+from archc.cli_view import add_commands, lazy, spec_module
 from archc.diagnostics import ArchcError, Diagnostic, did_you_mean, render
 from archc.files import write_file
 from archc.inputs import load_npz, random_inputs, validate
@@ -25,16 +25,10 @@ USAGE_ERROR = 2
 INTERNAL_ERROR = 70  # sysexits' EX_SOFTWARE
 
 
-def _module(args):
-    if getattr(args, "module", None) is None:
-        args.module = api.parse_file(args.spec)
-    return args.module
-
-
 def _graph(args, level: int | None = None, cache: bool = False):
     from archc.lower import lower
 
-    graph = lower(_module(args), getattr(args, "model", None), cache=cache)
+    graph = lower(spec_module(args), getattr(args, "model", None), cache=cache)
     return api.optimize(graph, args.opt if level is None else level)
 
 
@@ -113,7 +107,7 @@ def cmd_compile(args) -> int:
         from archc.kvcache import split_seq2seq
 
         stem = args.output[:-5] if args.output.endswith(".onnx") else args.output
-        parts = zip(("encoder", "decoder_with_past"), split_seq2seq(_module(args), args.model))
+        parts = zip(("encoder", "decoder_with_past"), split_seq2seq(spec_module(args), args.model))
         # both or neither: never a new encoder beside an old decoder
         _, files = save_models([(*_stored(args, g, weights), f"{stem}.{part}.onnx")
                                 for part, g in parts])
@@ -154,7 +148,7 @@ def cmd_run(args) -> int:
         if not 0 < k <= n:
             raise ArchcError([Diagnostic("E0304", f"`--incremental {k}` must be in 1..{n} "
                                          "(the decoder length)")])
-        outputs = {"logits": seq2seq_incremental_logits(_module(args), weights, inputs, k,
+        outputs = {"logits": seq2seq_incremental_logits(spec_module(args), weights, inputs, k,
                                                         args.backend)}
     elif args.incremental is not None:
         from archc.kvcache import incremental_logits
@@ -197,7 +191,7 @@ def cmd_generate(args) -> int:
     if seq2seq:  # encoder-decoder: --ids is the encoder's input
         from archc.kvcache import generate_seq2seq
 
-        out = generate_seq2seq(_module(args), _weights(args, graph), ids, args.steps,
+        out = generate_seq2seq(spec_module(args), _weights(args, graph), ids, args.steps,
                                args.start, args.backend)
     else:
         out = generate(graph, _weights(args, graph), ids, args.steps, args.backend)

@@ -12,7 +12,8 @@ from archc.diagnostics import ArchcError, Diagnostic, did_you_mean
 from archc.files import write_file
 
 
-def _module(args):
+def spec_module(args):
+    """The parsed `args.spec`, parsed once per command (archc.cli shares it)."""
     if getattr(args, "module", None) is None:
         args.module = api.parse_file(args.spec)
     return args.module
@@ -22,7 +23,7 @@ def cmd_stats(args) -> int:  # counts and FLOPs from the lowered graph; activati
     from archc.lower import lower
     from archc.stats import format_stats, full_stats
 
-    stats = full_stats(lower(_module(args), args.model), args.seq, args.batch,
+    stats = full_stats(lower(spec_module(args), args.model), args.seq, args.batch,
                        args.opt)
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     return 0
@@ -34,7 +35,7 @@ def cmd_explain(args) -> int:
 
     if args.seq < 1 or args.depth < 1:
         raise ArchcError([Diagnostic("E0400", "`--seq` and `--depth` must be at least 1")])
-    lines = explain(lower(_module(args), args.model), args.seq)
+    lines = explain(lower(spec_module(args), args.model), args.seq)
     sys.stdout.write(json.dumps(as_json(lines), indent=2) + "\n" if args.json
                      else render(lines, args.depth))
     return 0
@@ -49,7 +50,7 @@ def cmd_viz(args) -> int:
     if args.after and not args.ir:
         raise ArchcError([Diagnostic("E0400", "`--after` draws the IR: it needs `--ir`")])
     page = args.output.endswith(".html")
-    graph = lower(_module(args), args.model)
+    graph = lower(spec_module(args), args.model)
     if args.ir:
         graph = ir_after(graph, args.after)
         text = viz.html_ir(graph) if page else viz.svg_ir(graph)

@@ -255,7 +255,8 @@ def _mkdir(path: Path) -> None:
 
 def cmd_genai(args) -> int:
     from archc.backends.onnx_export import export_onnx, model_bytes
-    from archc.cli import _graph, _module, _stored, _weights
+    from archc.cli import _graph, _stored, _weights
+    from archc.cli_view import spec_module as _module
     from archc.files import write_files
 
     plain = _graph(args, level=0)
@@ -306,7 +307,8 @@ def pbtxt(name: str, model) -> str:
 def triton_models(args) -> dict[str, tuple[Graph, dict]]:
     """Model name -> (graph, weights): the plain model, and with `--kv-cache` the
     decoder-with-past (a decoder) or the encoder and decoder-with-past (an encoder-decoder)."""
-    from archc.cli import _graph, _module, _weights
+    from archc.cli import _graph, _weights
+    from archc.cli_view import spec_module as _module
 
     plain = _graph(args)
     weights = _weights(args, plain)
