@@ -11,7 +11,7 @@ import os
 import sys
 
 
-class _Silent:
+class Silent:
     def __init__(self, *_, **__):
         self.n = 0
 
@@ -40,11 +40,11 @@ def bar(total: int | None, desc: str, unit: str = "it", stream=None):
     `unit="B"` scales to kB/MB/GB."""
     stream = sys.stderr if stream is None else stream
     if not enabled(stream):
-        return _Silent()
+        return Silent()
     try:
         from tqdm import tqdm
     except ImportError:
-        return _Silent()
+        return Silent()
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B",
                 unit_divisor=1024 if unit == "B" else 1000, leave=False, file=stream,
                 dynamic_ncols=True)

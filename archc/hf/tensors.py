@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from archc.diagnostics import ArchcError, Diagnostic
-from archc.progress import _Silent
+from archc.progress import Silent
 from archc.tensorfile import FP8, Entry, TensorFile, nonfinite
 
 
@@ -103,7 +103,7 @@ class Tensors:
         self._counted: set[str] = set()
         self.nonfinite: list[str] = []
         self.prefix = ""
-        self.bar = _Silent()  # archc.progress: `import_checkpoint` sets a bar over the bytes
+        self.bar = Silent()  # archc.progress: `import_checkpoint` sets a bar over the bytes
         self.quant: Quant | None = None  # how fp8 weights are scaled (`load` reads config.json)
 
     @classmethod
