@@ -102,10 +102,11 @@ class LazyWeights(Mapping):
 
     def __init__(self, names, make):
         self._names = sorted(names)
+        self._known = frozenset(self._names)
         self._make = make
 
     def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._names:
+        if name not in self._known:
             raise KeyError(name)
         return self._make(name)
 
