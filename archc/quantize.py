@@ -123,6 +123,9 @@ def _quantize_weights(graph: Graph, weights, bits: int, block: int, symmetric: b
                       level: int, embeddings: bool) -> None:
     done: dict[tuple[str, str], tuple[Node, ...]] = {}
     for node in graph.nodes():
+        if _packed(node):
+            _quantize_packed(graph, weights, node, done, bits, block, symmetric, level)
+            continue
         found = _match(node, embeddings)
         if found is None:
             continue
@@ -153,6 +156,40 @@ def _quantize_weights(graph: Graph, weights, bits: int, block: int, symmetric: b
             graph.erase_node(p)
             del weights[name]
             graph.param_uses.pop(name, None)
+
+
+def _packed(node: Node) -> bool:
+    """x @ concat(W_1, .., W_n, axis=-1) with 2-D float32 parameters (fusions/packing.py)."""
+    if node.kind != "op" or node.op != "matmul" or node.inputs[0].type.dtype != "float32":
+        return False
+    v = node.inputs[1]
+    return v.kind == "op" and v.op == "concat" and v.attrs["axis"] in (-1, 1) and all(
+        p.kind == "param" and p.type.rank == 2 and p.type.dtype == "float32" for p in v.inputs)
+
+
+def _quantize_packed(graph: Graph, weights, node: Node, done, bits, block, symmetric,
+                     level) -> None:
+    """Each W_i quantized on its own; MatMulNBits' codes, scales and zero points are laid
+    out by rows of N, so the packed ones are their concats along N (folded at load)."""
+    parts = []
+    for p in node.inputs[1].inputs:
+        if (p.name, "kn") not in done:
+            done[p.name, "kn"] = _add_quantized(graph, weights, p, "kn", bits, block, symmetric)
+        parts.append(done[p.name, "kn"])
+    packed = []
+    for pieces in zip(*parts):
+        cat = graph.add_op("concat", pieces, {"axis": 0}, scope=node.scope, span=node.span)
+        cat.type = infer_node(cat)
+        packed.append(cat)
+    k, n = node.inputs[1].type.shape
+    new = graph.add_op("matmul_nbits", (node.inputs[0], *packed),
+                       {"K": k, "N": n, "accuracy_level": level, "bits": bits,
+                        "block_size": block}, scope=node.scope, span=node.span)
+    new.type = infer_node(new)
+    graph.replace_all_uses_with(node, new)
+    graph.erase_node(node)
+    if not graph.users(cat := node.inputs[1]):
+        graph.erase_node(cat)
 
 
 def _add_quantized(graph: Graph, weights, p: Node, layout: str, bits: int, block: int,

@@ -83,8 +83,9 @@ def bind(plan: Plan, params: dict[str, np.ndarray]) -> Plan:
             fixed.add(k)
     steps = []
     for step in plan.steps:
-        if step.node.op == "transpose" and step.args[0] in fixed:
-            values[step.out] = aligned_copy(_evaluate(step, values))
+        if step.node.op in ("transpose", "concat") and all(a in fixed for a in step.args):
+            values[step.out] = aligned_copy(_evaluate(step, values))  # packed weights too
+            fixed.add(step.out)
         else:
             steps.append(step)
     return Plan(values, tuple(f for f in plan.feeds if f[1] != "param"), tuple(steps),

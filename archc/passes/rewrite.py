@@ -305,19 +305,30 @@ class Rule:
 
 class Emitter:
     """What `rewrite` sees: `op.NAME(*inputs, **attrs)` adds an op node (type inferred, scope
-    and span of the replaced root); `op.const(value)` adds a constant."""
+    and span of the replaced root); `op.const(value)` adds a constant.
+
+    Provenance: `graph.meta["origin"]` maps each node a rewrite made to the lowered node it
+    stands for (the root's own origin when the root was itself made by a rewrite), like
+    torch.fx's `from_node`. The steps of `repeat N shared` share one scope, so this is how a
+    fused op is told apart by step (archc/viz/ir.py)."""
 
     def __init__(self, graph: Graph, root: Node):
         self.graph, self.root = graph, root
+        origins = graph.meta.setdefault("origin", {})
+        self._origin, self._origins = origins.get(root.id, root.id), origins
+
+    def _made(self, node: Node) -> Node:
+        self._origins[node.id] = self._origin
+        return node
 
     def const(self, value) -> Node:
-        return self.graph.add_const(np.asarray(value), scope=self.root.scope)
+        return self._made(self.graph.add_const(np.asarray(value), scope=self.root.scope))
 
     def __getattr__(self, name: str):
         def emit(*inputs: Node, **attrs) -> Node:
             t = OPS[name].infer(*(i.type for i in inputs), **attrs)
-            return self.graph.add_op(name, inputs, attrs, type=t, scope=self.root.scope,
-                                     span=self.root.span)
+            return self._made(self.graph.add_op(name, inputs, attrs, type=t,
+                                                scope=self.root.scope, span=self.root.span))
         return emit
 
 

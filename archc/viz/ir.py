@@ -60,15 +60,17 @@ class IRDiagram(Canvas):
 
     def layer(self, n: Node) -> tuple[str, str]:
         """The cluster and the sub-cluster of a node ("" when none). A node in a shared
-        repeat's scope belongs to the step whose id range holds it; one a pass made (a fused
-        op) to the last step its operands belong to."""
+        repeat's scope belongs to the step whose id range holds it or its origin's (the lowered
+        node a rewrite made it for, `graph.meta["origin"]`); one with neither (made by a pass
+        outside the rewrite engine) to the last step its operands belong to."""
         if n.id in self._layer:
             return self._layer[n.id]
         if not n.scope:
             return "", ""
         steps = [name for name, (m, *_) in self.steps.items() if inside(n.scope, m)]
         if steps:
-            held = [s for s in steps if self.steps[s][1] <= n.id < self.steps[s][2]]
+            oid = self.graph.meta.get("origin", {}).get(n.id, n.id)
+            held = [s for s in steps if self.steps[s][1] <= oid < self.steps[s][2]]
             mine = [self.layer(i)[0] for i in n.inputs if i.kind == "op"]
             name = held[0] if held else max((s for s in mine if s in steps),
                                             key=steps.index, default=steps[0])

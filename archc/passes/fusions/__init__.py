@@ -11,6 +11,7 @@ Rule sets, in the order they get a try at each node:
 - `experts`    (fusions/experts.py): a dense mixture of experts (every expert on every token,
   weighted by gates that are zero off-route) -> `moe_experts`, which runs each expert only
   on the tokens routed to it
+- `packing`    (fusions/packing.py): x @ Wq, x @ Wk, x @ Wv (gate/up) -> slices of x @ [Wq|Wk|Wv]
 
 `fuse(graph)` records what fired and, for rules that did not, the first reason why, in
 `graph.meta["fusions"]` (a `FusionReport`); `explain(graph)` renders it for a CLI flag, and
@@ -29,6 +30,7 @@ from archc.passes.fusions.activations import ACTIVATIONS
 from archc.passes.fusions.attention import ATTENTION
 from archc.passes.fusions.experts import EXPERTS
 from archc.passes.fusions.norms import NORMS, SKIPS
+from archc.passes.fusions.packing import PACKING
 from archc.passes.fusions.rotary import ROTARY
 from archc.passes.rewrite import Rule, RuleSet, apply_rules
 
@@ -46,7 +48,8 @@ class DropDropout(Rule):
 
 
 CLEANUP = RuleSet("cleanup", (DropDropout(),))
-RULESETS: tuple[RuleSet, ...] = (CLEANUP, ATTENTION, ROTARY, NORMS, SKIPS, ACTIVATIONS, EXPERTS)
+RULESETS: tuple[RuleSet, ...] = (CLEANUP, ATTENTION, ROTARY, NORMS, SKIPS, ACTIVATIONS, EXPERTS,
+                                  PACKING)
 
 
 @dataclass
