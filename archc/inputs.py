@@ -57,10 +57,30 @@ class _Check:
         self.diags.append(Diagnostic(code, message, notes=(f"in {self.source}",), help=help))
 
 
+class GraphFacts:
+    """What the checks read from a graph, gathered in one walk over its nodes: the gathers whose
+    indices are checked, and the first node of each distinct type (for the size budget). A
+    session builds it once and checks every step against it: walking the graph each step cost
+    about 0.2 ms, 3% of a 55M-parameter decode step."""
+
+    def __init__(self, graph: Graph):
+        self.gathers: list[Node] = []
+        self.first: dict = {}  # type -> its first node, which names the value when largest
+        for n in graph.nodes():
+            if n.type is not None and n.kind != "param":
+                self.first.setdefault(n.type, n)
+            if n.kind == "op" and n.op == "gather" and \
+                    isinstance(n.inputs[0].type.shape[0], int):
+                self.gathers.append(n)
+
+
 def validate(graph: Graph, inputs: dict, source: str = "the inputs",
-             states: Collection[str] = ()) -> dict[str, np.ndarray]:
+             states: Collection[str] = (), facts: GraphFacts | None = None
+             ) -> dict[str, np.ndarray]:
     """Check and convert `inputs` for `graph`. `states` are inputs a session fills itself (a
-    spec's `state`, the KV cache): they may be left out."""
+    spec's `state`, the KV cache): they may be left out. `facts`: the graph's GraphFacts, when
+    the caller checks many calls of one graph."""
+    facts = facts or GraphFacts(graph)
     c = _Check(source)
     feeds = {}
     for name, node in graph.inputs.items():
@@ -80,10 +100,10 @@ def validate(graph: Graph, inputs: dict, source: str = "the inputs",
     if c.diags:
         raise ArchcError(c.diags)
     _composite_dims(c, graph, feeds)
-    _values(c, graph, feeds)
+    _values(c, facts, feeds)
     if c.diags:
         raise ArchcError(c.diags)
-    check_activations(graph, {s: v[0] for s, v in c.dims.items()})
+    check_activations(graph, {s: v[0] for s, v in c.dims.items()}, facts)
     return feeds
 
 
@@ -174,11 +194,11 @@ def _composite_dims(c: _Check, graph: Graph, feeds: dict) -> None:
 
 
 # ---------------------------------------------------------------- values
-def _values(c: _Check, graph: Graph, feeds: dict) -> None:
+def _values(c: _Check, facts: GraphFacts, feeds: dict) -> None:
     for name, a in feeds.items():
         if name.endswith("mask") and a.dtype == np.int64 and a.size and \
-                not np.isin(a, (0, 1)).all():
-            bad = np.argwhere(~np.isin(a, (0, 1)))[0]
+                not ((a == 0) | (a == 1)).all():  # np.isin: 35 us a step
+            bad = np.argwhere((a != 0) & (a != 1))[0]
             c.error("E0316", f"mask `{name}` holds {a[tuple(bad)]} at {_at(bad)}; a mask "
                     "holds 0 (ignore) or 1 (attend)")
     if c.diags:
@@ -186,9 +206,7 @@ def _values(c: _Check, graph: Graph, feeds: dict) -> None:
     cache: dict[int, np.ndarray | None] = {}
     dims = {s: v[0] for s, v in c.dims.items()}
     seen = set()
-    for n in graph.nodes():
-        if n.kind != "op" or n.op != "gather" or not isinstance(n.inputs[0].type.shape[0], int):
-            continue
+    for n in facts.gathers:
         table, idx = n.inputs
         rows = table.type.shape[0]
         direct = idx.kind == "input"
@@ -255,16 +273,13 @@ def _small(node: Node, dims: dict) -> bool:
 
 
 # ---------------------------------------------------------------- sizes
-def check_activations(graph: Graph, dims: dict[str, int]) -> None:
+def check_activations(graph: Graph, dims: dict[str, int],
+                      facts: GraphFacts | None = None) -> None:
     """Refuse a run whose largest value would not fit the ARCHC_MAX_BYTES budget. Sized once
     per distinct type (a graph has hundreds of nodes and a few dozen types): a decode step
     calls this every token."""
-    first: dict = {}  # type -> its first node, which names the value when it is the largest
-    for n in graph.nodes():
-        if n.type is not None and n.kind != "param":
-            first.setdefault(n.type, n)
     largest, who = 0, None
-    for t, n in first.items():
+    for t, n in (facts or GraphFacts(graph)).first.items():
         shape = [size_of(d, dims) for d in t.shape]
         if None in shape:
             continue

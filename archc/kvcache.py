@@ -30,6 +30,7 @@ class Runner:
         self.graph, self.backend = graph, backend
         self.weights = {k: weights[k] for k in graph.params}
         self._ort = self._plan = None
+        self._names: list[str] = []  # the session's outputs (a step would ask every time)
         if backend == "numpy":  # compiled and bound once: a step runs the flat plan
             from archc.backends.numpy_interp import bind, compile_graph
 
@@ -39,12 +40,13 @@ class Runner:
             from archc.backends.ort import session
 
             self._ort = session(export_onnx(graph, self.weights))
+            self._names = [o.name for o in self._ort.get_outputs()]
         else:
             raise ValueError(f"unknown backend `{backend}` (numpy or onnxruntime)")
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._ort is not None:
-            names = [o.name for o in self._ort.get_outputs()]
+            names = self._names or [o.name for o in self._ort.get_outputs()]
             return dict(zip(names, self._ort.run(names, feeds)))
         from archc.backends.numpy_interp import run_plan
 
@@ -64,6 +66,9 @@ class Session:
             raise ValueError("the graph carries no state: lower it with cache=True, or declare "
                              "a `state` in the spec")
         self.graph, self.run = graph, Runner(graph, weights, backend)
+        from archc.inputs import GraphFacts
+
+        self.facts = GraphFacts(graph)  # checked every step: gathered once
         self.output = next(k for k in graph.outputs if k not in self.states.values())
         self.context: dict[str, np.ndarray] = {}  # inputs that stay fixed across steps
         self.past: dict[str, np.ndarray] = {}
@@ -96,7 +101,8 @@ class Session:
         from archc.inputs import validate  # the same checks as a full run, states aside
 
         feeds = {k: v for k, v in validate(self.graph, feeds, "the session's inputs",
-                                           self.states).items() if k not in self.states}
+                                           self.states, self.facts).items()
+                 if k not in self.states}
         out = self.run({**feeds, **self.past})
         self.mask = mask  # only a step that ran moves the session on
         self.past = {name: out[result] for name, result in self.states.items()}
