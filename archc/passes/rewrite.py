@@ -51,7 +51,7 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,12 +119,13 @@ class MatchFailure:
     """Why a rule did not fire at one node. Checks chain tests that return None when they
     pass: `return first_problem(m) or second_problem(m) or m`."""
 
-    reason: str
+    reason: str | Callable[[], str]  # a callable: written only if someone reads it
     node: Node | None = None
     progress: int = 0  # how many pattern ops matched before it failed (for explain)
 
     def __str__(self) -> str:
-        return f"{self.reason} (at {self.node!r})" if self.node is not None else self.reason
+        reason = self.reason() if callable(self.reason) else self.reason
+        return f"{reason} (at {self.node!r})" if self.node is not None else reason
 
 
 @dataclass
@@ -203,16 +204,21 @@ class Pattern:
         for v in self.variants:
             sig = tuple(i.op if isinstance(i, PNode) else None for i in v.inputs)
             self._groups.setdefault(sig, []).append(v)
+        self._fits: dict[tuple, list[PNode]] = {}  # operand signature -> the variants it fits
 
     def _candidates(self, node: Node) -> list[PNode] | MatchFailure:
         have = tuple(i.op if i.kind == "op" else i.kind for i in node.inputs)
-        out = [v for sig, vs in self._groups.items() if len(sig) == len(have) and all(
-            w is None or w == h for w, h in zip(sig, have)) for v in vs]
+        out = self._fits.get(have)
+        if out is None:
+            out = self._fits[have] = [
+                v for sig, vs in self._groups.items() if len(sig) == len(have)
+                and all(w is None or w == h for w, h in zip(sig, have)) for v in vs]
         if out:
             return out
         sig = next(iter(self._groups))
-        return MatchFailure(f"the operands of `{node.op}` {node!r} are ({', '.join(have)}), the "
-                            f"pattern's ({', '.join(w or '*' for w in sig)})", node, 1)
+        return MatchFailure(lambda: f"the operands of `{node.op}` {node!r} are "
+                            f"({', '.join(have)}), the pattern's "
+                            f"({', '.join(w or '*' for w in sig)})", node, 1)
 
     def matches(self, node: Node):
         """Each variant's match at `node`, or (when none matches) the furthest failure."""
