@@ -5,12 +5,16 @@ from archc.backends.onnx_export import export_onnx
 from archc.diagnostics import ArchcError
 from archc.ir.graph import Graph
 from archc.ir.printer import print_graph
+from archc.kvcache import Session
 from archc.lower import lower
+from archc.runner import Runner
 from archc.weights import init_params, load_weights, save_weights
 
 __all__ = [
     "ArchcError",
     "Graph",
+    "Runner",
+    "Session",
     "compile",
     "export_onnx",
     "init_params",

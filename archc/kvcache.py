@@ -21,36 +21,7 @@ import numpy as np
 
 from archc.frontend import ast
 from archc.ir.graph import Graph
-
-
-class Runner:
-    """One graph with its weights on one backend (an onnxruntime session is built once)."""
-
-    def __init__(self, graph: Graph, weights: dict[str, np.ndarray], backend: str = "numpy"):
-        self.graph, self.backend = graph, backend
-        self.weights = {k: weights[k] for k in graph.params}
-        self._ort = self._plan = None
-        self._names: list[str] = []  # the session's outputs (a step would ask every time)
-        if backend == "numpy":  # compiled and bound once: a step runs the flat plan
-            from archc.backends.numpy_interp import bind, compile_graph
-
-            self._plan = bind(compile_graph(graph), self.weights)
-        elif backend == "onnxruntime":
-            from archc.backends.onnx_export import export_onnx
-            from archc.backends.ort import session
-
-            self._ort = session(export_onnx(graph, self.weights))
-            self._names = [o.name for o in self._ort.get_outputs()]
-        else:
-            raise ValueError(f"unknown backend `{backend}` (numpy or onnxruntime)")
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._ort is not None:
-            names = self._names or [o.name for o in self._ort.get_outputs()]
-            return dict(zip(names, self._ort.run(names, feeds)))
-        from archc.backends.numpy_interp import run_plan
-
-        return run_plan(self._plan, feeds, self.weights)
+from archc.runner import Runner
 
 
 class Session:
@@ -66,9 +37,6 @@ class Session:
             raise ValueError("the graph carries no state: lower it with cache=True, or declare "
                              "a `state` in the spec")
         self.graph, self.run = graph, Runner(graph, weights, backend)
-        from archc.inputs import GraphFacts
-
-        self.facts = GraphFacts(graph)  # checked every step: gathered once
         self.output = next(k for k in graph.outputs if k not in self.states.values())
         self.context: dict[str, np.ndarray] = {}  # inputs that stay fixed across steps
         self.past: dict[str, np.ndarray] = {}
@@ -101,9 +69,9 @@ class Session:
         from archc.inputs import validate  # the same checks as a full run, states aside
 
         feeds = {k: v for k, v in validate(self.graph, feeds, "the session's inputs",
-                                           self.states, self.facts).items()
+                                           self.states, self.run.facts).items()
                  if k not in self.states}
-        out = self.run({**feeds, **self.past})
+        out = self.run.run_checked({**feeds, **self.past})
         self.mask = mask  # only a step that ran moves the session on
         self.past = {name: out[result] for name, result in self.states.items()}
         return out[self.output]

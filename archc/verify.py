@@ -178,9 +178,8 @@ def verify(module: ast.Module, model: str | None = None,
            seq: int | None = None, prefill: int | None = None, strict: bool = False) -> Report:
     """Verify one model of `module`. `weights`: arrays, a safetensors path, or None for the
     seeded init. `seq`/`prefill` override the derived lengths."""
-    from archc.inputs import validate
-    from archc.kvcache import Runner  # a session of its own: freed when verify returns
     from archc.lower import lower
+    from archc.runner import Runner  # a session of its own: freed when verify returns
     from archc.weights import init_params, load_weights
 
     if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
@@ -196,7 +195,7 @@ def verify(module: ast.Module, model: str | None = None,
     plan, ref = _reference(plain, cache[1] if cache else None, weights, seed, seq, prefill)
     report = Report(module.path, plain.name, plan, tol)
     report.fusions["full"] = _fired(fused)
-    got = _on_ort(lambda: Runner(fused, weights, "onnxruntime")(validate(fused, plan.inputs)))
+    got = _on_ort(lambda: Runner(fused, weights, "onnxruntime")(plan.inputs))
     report.checks += [_refused("full", k, got, tol) if isinstance(got, str) else
                       compare("full", k, ref[k], got[k], tol) for k in outputs]
     if cache is None:

@@ -1,0 +1,58 @@
+"""A compiled graph ready for repeated calls, on either backend.
+
+    r = archc.Runner(graph, weights, backend="onnxruntime")   # export + session, once
+    out = r({"input_ids": ids, "attention_mask": mask})         # each call only runs
+
+The NumPy backend compiles and binds its plan once (archc/backends/numpy_interp.py); the
+onnxruntime backend exports the graph and builds the session once. Each call checks its inputs
+as `archc.run` does (`archc.inputs.validate`, against facts gathered from the graph once) and
+returns every output by name. `archc.Session` (archc/kvcache.py) drives one across decode steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from archc.inputs import GraphFacts, validate
+from archc.ir.graph import Graph
+from archc.weights import check_weights, init_params
+
+
+class Runner:
+    """One graph with its weights on one backend. `weights` default to the seeded init;
+    weights the graph does not read are ignored (an encoder-decoder's halves share one file)."""
+
+    def __init__(self, graph: Graph, weights: dict[str, np.ndarray] | None = None,
+                 backend: str = "numpy", seed: int = 0):
+        if backend not in ("numpy", "onnxruntime"):
+            raise ValueError(f"unknown backend `{backend}` (numpy or onnxruntime)")
+        weights = init_params(graph, seed) if weights is None else weights
+        check_weights(graph, {k: weights[k] for k in graph.params if k in weights},
+                      "the given weights")
+        self.graph, self.backend, self.facts = graph, backend, GraphFacts(graph)
+        self.weights = {k: np.asarray(weights[k], np.float32) for k in graph.params}
+        self._ort = self._plan = None
+        self._names: list[str] = []  # the session's outputs (a step would ask every time)
+        if backend == "numpy":
+            from archc.backends.numpy_interp import bind, compile_graph
+
+            self._plan = bind(compile_graph(graph), self.weights)
+        else:
+            from archc.backends.onnx_export import export_onnx
+            from archc.backends.ort import session
+
+            self._ort = session(export_onnx(graph, self.weights))
+            self._names = [o.name for o in self._ort.get_outputs()]
+
+    def __call__(self, inputs: dict) -> dict[str, np.ndarray]:
+        """Check and convert `inputs` (see archc.inputs), then run."""
+        return self.run_checked(validate(self.graph, inputs, facts=self.facts))
+
+    def run_checked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run feeds `validate` already returned."""
+        if self._ort is not None:
+            names = self._names or [o.name for o in self._ort.get_outputs()]
+            return dict(zip(names, self._ort.run(names, feeds)))
+        from archc.backends.numpy_interp import run_plan
+
+        return run_plan(self._plan, feeds, self.weights)
