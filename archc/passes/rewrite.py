@@ -208,17 +208,14 @@ class Pattern:
 
     def _candidates(self, node: Node) -> list[PNode] | MatchFailure:
         have = tuple(i.op if i.kind == "op" else i.kind for i in node.inputs)
-        out = self._fits.get(have)
-        if out is None:
-            out = self._fits[have] = [
-                v for sig, vs in self._groups.items() if len(sig) == len(have)
-                and all(w is None or w == h for w, h in zip(sig, have)) for v in vs]
+        if (out := self._fits.get(have)) is None:
+            out = self._fits[have] = [v for sig, vs in self._groups.items() if len(sig) == len(
+                have) and all(w is None or w == h for w, h in zip(sig, have)) for v in vs]
         if out:
             return out
         sig = next(iter(self._groups))
-        return MatchFailure(lambda: f"the operands of `{node.op}` {node!r} are "
-                            f"({', '.join(have)}), the pattern's "
-                            f"({', '.join(w or '*' for w in sig)})", node, 1)
+        return MatchFailure(lambda: f"the operands of `{node.op}` {node!r} are ({', '.join(have)})"
+                            f", the pattern's ({', '.join(w or '*' for w in sig)})", node, 1)
 
     def matches(self, node: Node):
         """Each variant's match at `node`, or (when none matches) the furthest failure."""
@@ -311,12 +308,9 @@ class Rule:
 
 class Emitter:
     """What `rewrite` sees: `op.NAME(*inputs, **attrs)` adds an op node (type inferred, scope
-    and span of the replaced root); `op.const(value)` adds a constant.
-
-    Provenance: `graph.meta["origin"]` maps each node a rewrite made to the lowered node it
-    stands for (the root's own origin when the root was itself made by a rewrite), like
-    torch.fx's `from_node`. The steps of `repeat N shared` share one scope, so this is how a
-    fused op is told apart by step (archc/viz/ir.py)."""
+    and span of the replaced root); `op.const(value)` adds a constant. `graph.meta["origin"]`
+    maps each node it adds to the lowered node the root stands for (torch.fx's `from_node`):
+    it tells a shared repeat's steps apart (archc/viz/ir.py)."""
 
     def __init__(self, graph: Graph, root: Node):
         self.graph, self.root = graph, root
