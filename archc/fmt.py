@@ -55,7 +55,7 @@ from archc.frontend.parser import parser
 LIMIT, INDENT, HANG = 100, 2, 4
 
 _SIMPLE = {"let_stmt", "input_stmt", "state_stmt", "assign", "output_stmt", "next_stmt",
-           "return_stmt", "call_stmt"}
+           "return_stmt", "call_stmt", "serving_stmt"}
 _STMTS = _SIMPLE | {"repeat_stmt", "if_stmt", "block_def", "model", "import_stmt"}
 _VALUE_END = {"NAME", "NUMBER", "STRING", "RPAR", "RSQB"}
 _OPEN, _CLOSE = {"LPAR", "LSQB"}, {"RPAR", "RSQB"}

@@ -10,14 +10,18 @@ Refused, with the reason: encoder-decoders, specs without a KV cache, any other 
 memory, a running sum), a bounded (sliding-window) cache, layers with different cache shapes,
 and inputs or outputs genai does not feed or read.
 
-What a spec does not hold (the tokens that start and end a text, and the context length of a
-rotary model) comes from a header comment, one JSON object, that `archc import-hf` writes
-from the checkpoint's config.json and a user may write by hand:
+What a spec's graph does not hold (the tokens that start and end a text, and the context
+length of a rotary model) a model states in a `serving` statement, which `archc import-hf`
+writes from the checkpoint's config.json and a user may write by hand:
 
-    # serving: {"bos_token_id": 1, "context_length": 4096, "eos_token_id": [2, 32000]}
+    serving bos_token_id = 1, eos_token_id = [2, 32000], context_length = max_positions
 
-A learned position table bounds the context too: the context length is the smaller of the
-comment's and the longest sequence the table covers (found by `archc.inputs.validate`).
+Lowering evaluates its values like a `let`'s, checks them (`check_fact`) and records them in
+`graph.meta["serving"]` (the value spans in `graph.meta["serving_at"]`); it changes no IR.
+The `# serving: {...}` comment that came before it is refused with the statement to write
+(`legacy_comments`). A learned position table bounds the context too: the context length is
+the smaller of the statement's and the longest sequence the table covers (found by
+`archc.inputs.validate`).
 
 Triton (`cmd_triton`) serves ONNX files with its onnxruntime backend: each model is a folder
 `<name>/config.pbtxt` + `<name>/1/model.onnx`. The config is written from the exported ONNX
@@ -30,75 +34,85 @@ import json
 import re
 from pathlib import Path
 
-from archc.diagnostics import ArchcError, Diagnostic, Span, did_you_mean
+from archc.diagnostics import ArchcError, Diagnostic, Span
 from archc.ir.graph import Graph
 
 GENAI_CODE = "E0600"  # the model is not one onnxruntime-genai can serve
-FACTS_CODE = "E0601"  # the `# serving:` comment is malformed, or a fact genai needs is missing
+FACTS_CODE = "E0601"  # a bad `serving` statement or an old `# serving:` comment; a fact missing
 TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
-FACT_KEYS = ("context_length", *TOKEN_KEYS)
-_LINE = re.compile(r"^# serving:(.*)$", re.MULTILINE)
+FACT_KEYS = (*TOKEN_KEYS, "context_length")
+_LEGACY = re.compile(r"^[ \t]*(# serving:(.*))$", re.MULTILINE)
 _HF_CONTEXT = ("max_position_embeddings", "n_positions", "n_ctx")  # first one present wins
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-# ---------------------------------------------------------------- the `# serving:` facts
-def _token_ids(v) -> bool:
-    ids = v if isinstance(v, list) else [v]
-    return bool(ids) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                             for i in ids)
+# ---------------------------------------------------------------- the `serving` statement
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _fact_ok(key: str, v) -> bool:
+def check_fact(key: str, value) -> str | None:
+    """What serving fact `key` (one of FACT_KEYS) should be, when `value` (a compile-time
+    value: an int, or a tuple or list of them) is not that; None when it is."""
     if key == "context_length":
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-    return _token_ids(v)
+        return None if _int(value) and value > 0 else "a positive integer"
+    ids = value if isinstance(value, tuple | list) else (value,)
+    ok = bool(ids) and all(_int(i) and i >= 0 for i in ids)
+    return None if ok else "a token id (an integer >= 0) or a non-empty list of them"
 
 
-def serving_comment(config: dict) -> list[str]:
-    """The header line `archc import-hf` writes into a decoder spec: the generation facts of a
-    Hugging Face config.json (well-formed values only; a null token id is left out)."""
-    facts = {k: config[k] for k in TOKEN_KEYS if _fact_ok(k, config.get(k))}
+def literal(v) -> str | None:
+    """A compile-time or JSON value as `.arch` source (`[2, 32000]`, `true`); None for a value
+    no literal writes (a tensor, a dict)."""
+    if v is None or isinstance(v, bool):
+        return {None: "none", True: "true", False: "false"}[v]
+    if isinstance(v, int | float):
+        return repr(v) if v == v and v not in (float("inf"), float("-inf")) else None
+    if isinstance(v, str):
+        return f'"{v}"' if '"' not in v and "\n" not in v else None
+    if isinstance(v, tuple | list):
+        items = [literal(i) for i in v]
+        return None if None in items else f"[{', '.join(items)}]"
+    return None
+
+
+def statement(facts: dict) -> str | None:
+    """`serving k = v, ...` for `facts` in their order; None when there are none or one cannot
+    be written."""
+    parts = [f"{k} = {literal(v)}" for k, v in facts.items()]
+    ok = facts and all(_NAME.fullmatch(str(k)) for k in facts) and \
+        all(literal(v) is not None for v in facts.values())
+    return "serving " + ", ".join(parts) if ok else None
+
+
+def hf_facts(config: dict) -> dict:
+    """The serving facts of a Hugging Face config.json that `archc import-hf` writes into a
+    decoder spec (well-formed values only; a null token id is left out)."""
+    facts = {k: config[k] for k in TOKEN_KEYS if check_fact(k, config.get(k)) is None}
     ctx = next((config[k] for k in _HF_CONTEXT if config.get(k) is not None), None)
-    if _fact_ok("context_length", ctx):
+    if check_fact("context_length", ctx) is None:
         facts["context_length"] = ctx
-    return [f"serving: {json.dumps(facts, sort_keys=True)}"] if facts else []
-
-
-def read_facts(path: str, source: str) -> dict:
-    """Every `# serving: {...}` line of a spec, merged; a bad one is an error at its span."""
-    facts: dict = {}
-    errors = []
-    for m in _LINE.finditer(source):
-        span = Span(path, m.start(1), m.end(1))
-        try:
-            data = json.loads(m.group(1))
-        except json.JSONDecodeError as e:
-            errors.append(Diagnostic(FACTS_CODE, f"`# serving:` is not a JSON object: {e.msg}",
-                                     span, "here"))
-            continue
-        if not isinstance(data, dict):
-            errors.append(Diagnostic(FACTS_CODE, "`# serving:` is not a JSON object", span,
-                                     "here"))
-            continue
-        for key, value in data.items():
-            if key not in FACT_KEYS:
-                errors.append(Diagnostic(FACTS_CODE, f"unknown serving fact `{key}`", span,
-                                         "in this line", help=did_you_mean(key, FACT_KEYS)
-                                         or f"known: {', '.join(FACT_KEYS)}"))
-            elif key in facts:
-                errors.append(Diagnostic(FACTS_CODE, f"serving fact `{key}` is given twice",
-                                         span, "again here"))
-            elif not _fact_ok(key, value):
-                want = "a positive integer" if key == "context_length" else \
-                    "a token id (an integer >= 0) or a non-empty list of them"
-                errors.append(Diagnostic(FACTS_CODE, f"serving fact `{key}` is "
-                                         f"{json.dumps(value)}, not {want}", span, "here"))
-            else:
-                facts[key] = value
-    if errors:
-        raise ArchcError(errors, {path: source})
     return facts
+
+
+def legacy_comments(path: str, source: str, model: str) -> list[Diagnostic]:
+    """An error for each `# serving: {...}` comment, the form before the statement: a comment
+    carries no meaning, so it would be dropped silently. The help gives the statement."""
+    out = []
+    for m in _LEGACY.finditer(source):
+        try:
+            data = json.loads(m.group(2))
+        except json.JSONDecodeError:
+            data = None
+        text = statement(data) if isinstance(data, dict) else None
+        fix = f"`{text}`" if text else "a statement such as `serving eos_token_id = 2, " \
+            "context_length = 4096`"
+        out.append(Diagnostic(FACTS_CODE, "the `# serving:` comment is no longer read",
+                              Span(path, m.start(1), m.end(1)), "a comment carries no meaning",
+                              help=f"replace it with {fix} in the body of `model {model}` "
+                              "(docs/serving.md)"))
+    return out
 
 
 # ---------------------------------------------------------------- what genai can serve
@@ -199,14 +213,17 @@ def position_limit(plain: Graph) -> int | None:
     return low or None
 
 
-def genai_config(graph: Graph, plain: Graph, facts: dict, spec: str) -> dict:
+def genai_config(graph: Graph, plain: Graph, sources: dict[str, str] | None = None) -> dict:
+    """genai_config.json for the cache graph; the facts are the plain graph's `serving`
+    statement, as lowering recorded it (`sources`: the spec's text, to point at a value)."""
     layout = genai_layout(graph)
+    facts, spans = plain.meta.get("serving", {}), plain.meta.get("serving_at", {})
     limits = [v for v in (facts.get("context_length"), position_limit(plain)) if v]
     if not limits:
         raise ArchcError([Diagnostic(FACTS_CODE, f"the context length of `{graph.name}` is "
                                      "unknown (no position table and no `context_length`)",
-                                     help=f"add `# serving: {{\"context_length\": N}}` to "
-                                     f"`{spec}`; `archc import-hf` writes it from "
+                                     help=f"add `serving context_length = N` to `model "
+                                     f"{graph.name}`; `archc import-hf` writes it from "
                                      "max_position_embeddings")])
     context = min(limits)
     for key in TOKEN_KEYS:
@@ -215,7 +232,9 @@ def genai_config(graph: Graph, plain: Graph, facts: dict, spec: str) -> dict:
         if bad:
             raise ArchcError([Diagnostic(FACTS_CODE, f"serving fact `{key}` = {bad[0]} is not "
                                          f"in the vocabulary (ids 0..{layout['vocab'] - 1})",
-                                         help=f"correct the `# serving:` line of `{spec}`")])
+                                         spans.get(key), "not a token of this model",
+                                         help=f"correct `{key}` in the `serving` statement of "
+                                         f"`model {graph.name}`")], sources)
     heads = _call_arg(graph, "attention", "heads") or layout["kv_heads"]
     tokens = {k: facts[k] for k in TOKEN_KEYS if k in facts}
     eos = tokens.get("eos_token_id")
@@ -262,9 +281,8 @@ def cmd_genai(args) -> int:
     plain = _graph(args, level=0)
     check_decoder(plain)
     module = _module(args)
-    facts = read_facts(module.path, module.source)
     graph = _graph(args, cache=True)
-    config = genai_config(graph, plain, facts, args.spec)
+    config = genai_config(graph, plain, {module.path: module.source})
     model = export_onnx(*_stored(args, graph, _weights(args, graph)))
     out = Path(args.genai)
     _mkdir(out)

@@ -157,6 +157,33 @@ def test_layout_rules():
         "}\n")
 
 
+SERVING = ("model m {\n  let n = 4\n  serving bos_token_id = 1, eos_token_id = [2, 3],"
+           " context_length = n * 1024  # facts\n\n  input x: float32[b, 4]\n"
+           "  output y = x\n}\n")
+
+
+def test_serving_statement_layout():
+    """`serving` is laid out like `let`: one statement per line, spaces around `=` and after
+    commas, a long one broken after a comma and aligned inside the open bracket, comments kept."""
+    messy = ("model m{let n=4\n serving bos_token_id=1 ,eos_token_id=[ 2,3 ],"
+             "context_length=n*1024# facts\n\n\n input x :float32[b,4] output y=x}")
+    assert format_text(messy) == SERVING and format_text(SERVING) == SERVING
+    ids = ", ".join(str(100_000 + i) for i in range(14))
+    out = format_text(f"model m {{ serving eos_token_id = [{ids}], context_length = 8 "
+                      "input x: float32[b, 4] output y = x }")
+    lines = out.splitlines()
+    assert lines[1].startswith("  serving eos_token_id = [") and lines[2].startswith(" " * 26 + "1")
+    assert all(len(line) <= LIMIT for line in lines) and format_text(out) == out
+
+
+def test_a_comment_in_every_gap_of_a_serving_statement_is_kept():
+    toks, gaps = _gaps(SERVING)
+    noisy = _rebuild(SERVING, toks, [f"{g} # c{i}\n" for i, g in enumerate(gaps)])
+    out = format_text(noisy)
+    assert format_text(out) == out and _ast(out) == _ast(SERVING)
+    assert re.findall(r"# c\d+", out) == [f"# c{i}" for i in range(len(gaps))]
+
+
 def test_one_line_if_that_does_not_fit_is_laid_out_over_lines():
     long = "x" * 90
     text = f"block f(x) {{\n  if x {{ y = {long} }} else {{ y = x }}\n  return y\n}}\n"

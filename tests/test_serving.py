@@ -16,7 +16,7 @@ from conftest import ROOT
 
 from archc.cli import main
 from archc.hf import import_hf
-from archc.serving import serving_comment
+from archc.serving import hf_facts, statement
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 PROMPT = "3,5,7"
@@ -79,7 +79,7 @@ def test_genai_batch_of_two_prompts(imported, tmp_path, capsys):
 
 
 def test_genai_stops_at_the_specs_eos_token(imported, tmp_path, capsys):
-    """The `# serving:` line's eos_token_id reaches genai: make a token archc generates
+    """The `serving` statement's eos_token_id reaches genai: make a token archc generates
     first at step k > 1 the end-of-text token, and genai stops there (its sequence leaves the
     end-of-text token out)."""
     want = _archc_generate(imported / "llama", capsys)
@@ -88,7 +88,8 @@ def test_genai_stops_at_the_specs_eos_token(imported, tmp_path, capsys):
     eos = new[k]
     text = (imported / "llama" / "model.arch").read_text()
     spec = tmp_path / "eos.arch"
-    spec.write_text(re.sub(r'"eos_token_id": 2', f'"eos_token_id": [{eos}, 95]', text))
+    assert "eos_token_id = 2," in text
+    spec.write_text(text.replace("eos_token_id = 2,", f"eos_token_id = [{eos}, 95],"))
     out = tmp_path / "genai"
     assert main(["compile", str(spec), "--weights",
                  str(imported / "llama" / "model.safetensors"), "--genai", str(out)]) == 0
@@ -120,22 +121,27 @@ def test_genai_config_states_the_exported_layout(imported, tmp_path):
 
 
 def test_context_length_comes_from_a_position_table(imported, tmp_path):
-    """opt's table has 66 rows at offset 2: 64 positions, found without the comment."""
+    """opt's table has 66 rows at offset 2: 64 positions, found without `context_length`."""
     spec = tmp_path / "opt.arch"
     text = (imported / "opt" / "model.arch").read_text()
-    assert '"context_length": 64' in text
-    spec.write_text(re.sub(r"(?m)^# serving:.*\n", "", text))
+    assert ", context_length = 64\n" in text
+    spec.write_text(text.replace(", context_length = 64\n", "\n"))
     out = tmp_path / "genai"
     assert main(["compile", str(spec), "--weights", str(imported / "opt" / "model.safetensors"),
                  "--genai", str(out)]) == 0
     assert json.loads((out / "genai_config.json").read_text())["model"]["context_length"] == 64
 
 
-def test_serving_comment_keeps_what_genai_needs():
-    assert serving_comment({"bos_token_id": 1, "eos_token_id": [2, 7], "pad_token_id": None,
-                            "n_positions": 128}) == \
-        ['serving: {"bos_token_id": 1, "context_length": 128, "eos_token_id": [2, 7]}']
-    assert serving_comment({"eos_token_id": "x", "max_position_embeddings": 0}) == []
+def test_import_hf_writes_what_genai_needs_as_a_statement(imported):
+    assert hf_facts({"bos_token_id": 1, "eos_token_id": [2, 7], "pad_token_id": None,
+                     "n_positions": 128}) == {"bos_token_id": 1, "eos_token_id": [2, 7],
+                                              "context_length": 128}
+    assert hf_facts({"eos_token_id": "x", "max_position_embeddings": 0}) == {}
+    assert statement({"eos_token_id": [2, 7], "context_length": 128}) == \
+        "serving eos_token_id = [2, 7], context_length = 128"
+    text = (imported / "llama" / "model.arch").read_text()
+    assert "\n  serving bos_token_id = 1, eos_token_id = 2, context_length = 64\n\n" in text
+    assert "# serving" not in text
 
 
 def _refused(argv, code, message, capsys, out):
@@ -191,15 +197,19 @@ def test_genai_refuses_missing_or_wrong_facts(imported, tmp_path, capsys):
     _refused(["compile", str(ROOT / "specs" / "llama_tiny.arch"), "--genai", str(out)],
              "E0601", "the context length of `llama_tiny` is unknown", capsys, out)
     # gpt2's fixture keeps GPT-2's real token ids with a 96-token vocabulary
-    _refused(["compile", *_args(imported / "gpt2"), "--genai", str(out)], "E0601",
-             "`bos_token_id` = 50256 is not in the vocabulary (ids 0..95)", capsys, out)
+    err = _refused(["compile", *_args(imported / "gpt2"), "--genai", str(out)], "E0601",
+                   "`bos_token_id` = 50256 is not in the vocabulary (ids 0..95)", capsys, out)
+    assert "model.arch:4:26\n" in err and "^^^^^ not a token of this model" in err
     spec = tmp_path / "bad.arch"
     text = (ROOT / "specs" / "llama_tiny.arch").read_text()
-    spec.write_text('# serving: {"context_lenght": 64, "eos_token_id": -1}\n' + text)
+    assert "model llama_tiny {\n" in text
+    spec.write_text(text.replace("model llama_tiny {\n", "model llama_tiny {\n  serving "
+                                 "context_lenght = 64, eos_token_id = -1\n"))
     err = _refused(["compile", str(spec), "--genai", str(out)], "E0601",
                    "unknown serving fact `context_lenght`", capsys, out)
-    assert "did you mean `context_length`" in err and "bad.arch:1:" in err
-    assert "`eos_token_id` is -1, not a token id" in err
+    line = text[:text.index("model llama_tiny {")].count("\n") + 2  # the statement's
+    assert "did you mean `context_length`" in err and f"bad.arch:{line}:11\n" in err
+    assert "`eos_token_id` is -1, not a token id" in err and f"bad.arch:{line}:47\n" in err
 
 
 # ---------------------------------------------------------------- Triton

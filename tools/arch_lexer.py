@@ -29,7 +29,7 @@ from pygments.token import (
 
 # The keyword terminals of archc/frontend/arch.lark; tests/test_highlight.py keeps them equal.
 KEYWORDS = ("model", "block", "let", "input", "output", "repeat", "as", "if", "else", "return",
-            "import", "state", "next", "and", "or", "not")
+            "import", "state", "next", "serving", "and", "or", "not")
 CONSTANTS = ("true", "false", "none")
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _NUMBER = r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?|\.[0-9]+([eE][+-]?[0-9]+)?"

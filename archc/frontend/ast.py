@@ -161,6 +161,14 @@ class CallStmt(Node):
 
 
 @dataclass(frozen=True)
+class Serving(Node):
+    """`serving eos_token_id = [2, 32000], context_length = n`: facts a server needs that the
+    graph does not carry (archc/serving.py). Only directly in a model body; changes no IR."""
+
+    bindings: tuple[tuple[str, Expr, Span], ...]  # like `let`: (fact, value, fact's span)
+
+
+@dataclass(frozen=True)
 class Import(Node):
     path: str  # relative to the importing file
 
@@ -171,7 +179,7 @@ Stmt = Let | Input | State | Assign | Output | Next | Repeat | If | Return | Blo
 @dataclass(frozen=True)
 class Model(Node):
     name: str
-    body: tuple[Stmt, ...]
+    body: tuple[Stmt | Serving, ...]
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,10 @@ def _syntax_diagnostic(e: UnexpectedInput, text: str, path: str) -> Diagnostic:
         end = start + max(1, len(str(e.token)))
         expected = _human(e.accepts or e.expected)
         found = f"`{e.token}`"
+        if e.token.type == "SERVING" and {"LET", "MODEL"} & set(e.accepts or e.expected):
+            return Diagnostic("E0001", "`serving` is allowed only directly in a `model` body",
+                              Span(path, start, end), "not allowed here",
+                              help="move it to the top level of the model it describes")
         if e.token.type == "EQ" and "COLON" in (e.accepts or e.expected):
             return Diagnostic("E0001", "expected `:` after the input's name",
                               Span(path, start, end), "expected `:` here",
@@ -215,6 +219,9 @@ class _ToAst(Transformer):
 
     def let_stmt(self, meta, c):
         return ast.Let(self._s(meta), tuple(_strip(c)))
+
+    def serving_stmt(self, meta, c):
+        return ast.Serving(self._s(meta), tuple(_strip(c)))
 
     def binding(self, meta, c):
         c = _strip(c)

@@ -55,12 +55,11 @@ def import_checkpoint(directory: str | Path, config_only: bool = False,
     made = fam.describe(c, t)  # a Decoder (decoder-only families) or the spec text itself
     if not isinstance(made, str):
         made.name = c.model_type
-        from archc.serving import serving_comment  # what genai_config.json needs
-
-        facts = getattr(fam, "serving_config", lambda c: c.data)(c)  # a nested text config
         made.comment = [f"{c.architecture or c.model_type} imported from a Hugging Face "
-                        "checkpoint by `archc import-hf`.", *made.comment,
-                        *serving_comment(facts)]
+                        "checkpoint by `archc import-hf`.", *made.comment]
+        from archc.serving import hf_facts, statement  # what genai_config.json needs
+
+        made.serving = statement(hf_facts(getattr(fam, "serving_config", lambda c: c.data)(c)))
     spec = made if isinstance(made, str) else made.render()
     if t is None:
         return Imported(spec, None)

@@ -69,8 +69,17 @@ class Decoder:
     head_bias: bool = False
     final_softcap: float = 0.0
     comment: list[str] = field(default_factory=list)
+    serving: str | None = None  # the `serving ...` statement (archc.serving.statement)
 
     # ------------------------------------------------------------ the text
+    def _serving(self) -> list[str]:
+        """The `serving` statement's lines, laid out as `archc fmt` would."""
+        if not self.serving:
+            return []
+        from archc.fmt import format_text
+
+        return format_text(f"model m {{\n  {self.serving}\n}}\n").splitlines()[1:-1]
+
     def render(self) -> str:
         lets = [f"vocab = {self.vocab}", f"d = {self.d}", f"heads = {self.heads}"]
         if self.kv_heads and self.kv_heads != self.heads:
@@ -94,7 +103,7 @@ class Decoder:
                       "  return xc / sqrt(mean(xc * xc, keepdims = true) + eps) * weight", "}",
                       ""]
         let = wrap("let ", lets, "", width=96, indent=4)
-        lines += [f"model {self.name} {{", *("  " + x for x in let), "",
+        lines += [f"model {self.name} {{", *("  " + x for x in let), *self._serving(), "",
                   "  input input_ids: int64[batch, seq]",
                   "  input attention_mask: int64[batch, seq]", "",
                   f"  x = embed(input_ids, vocab, {'embed_dim' if self.embed_dim else 'd'})"

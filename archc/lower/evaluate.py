@@ -21,6 +21,7 @@ import contextlib
 import math
 from collections import Counter
 
+from archc import serving
 from archc.diagnostics import Collector, Span, did_you_mean
 from archc.frontend import ast
 from archc.ir.graph import Graph, Node
@@ -93,6 +94,11 @@ class Evaluator(Calls):
         self.graph = Graph(m.name)
         self.graph.meta["cache"] = self.cache
         self.graph.meta["states"] = {}
+        self.graph.meta["serving"], self.graph.meta["serving_at"] = {}, {}  # archc.serving
+        self.facts_named: dict[str, Span] = {}  # serving fact -> where it was first given
+        for d in serving.legacy_comments(m.span.file, self.diags.sources.get(m.span.file, ""),
+                                         m.name):
+            self.err(d.code, d.message, d.span, d.label, help=d.help)
         declared = {s.name for s in m.body if isinstance(s, ast.Input)}
         # With a cache, the decoder's mask covers past + new tokens; an encoder's does not.
         self.cache_masks = ("decoder_attention_mask",) if "decoder_input_ids" in declared \
@@ -123,6 +129,36 @@ class Evaluator(Calls):
     def stmt_let(self, s: ast.Let):
         for name, expr, _ in s.bindings:
             self.env.vars[name] = self.eval(expr)
+
+    def stmt_serving(self, s: ast.Serving):
+        """Evaluate and check the facts (archc/serving.py) into `graph.meta`; no IR."""
+        facts, spans = self.graph.meta["serving"], self.graph.meta["serving_at"]
+        for key, expr, at in s.bindings:
+            value = self.eval(expr)
+            if key not in serving.FACT_KEYS:
+                self.err(serving.FACTS_CODE, f"unknown serving fact `{key}`", at,
+                         "not a serving fact", help=did_you_mean(key, serving.FACT_KEYS)
+                         or f"the facts are {', '.join(serving.FACT_KEYS)}")
+                continue
+            if key in self.facts_named:
+                first = self.facts_named[key]
+                line, col = first.line_col(self.diags.sources[first.file])
+                self.diags.error(serving.FACTS_CODE, f"serving fact `{key}` is given twice", at,
+                                 "again here", notes=(f"first given at {first.file}:{line}:"
+                                                      f"{col}",))
+                continue
+            self.facts_named[key] = at
+            want = None if value is POISON else serving.check_fact(key, value)
+            if want is None and value is not POISON:
+                facts[key] = list(value) if isinstance(value, tuple) else value
+                spans[key] = expr.span
+            elif want is not None:  # point at the bad id of a list
+                pairs = zip(expr.items, value, strict=True) if isinstance(expr, ast.ListExpr) \
+                    and key != "context_length" and expr.items else ()
+                bad = next((e for e, v in pairs if serving.check_fact(key, v)), expr)
+                self.err(serving.FACTS_CODE, f"serving fact `{key}` is "
+                         f"{serving.literal(value) or describe(value)}, not {want}", bad.span,
+                         "here" if bad is expr else "not a token id")
 
     def stmt_assign(self, s: ast.Assign):
         single = len(s.targets) == 1
