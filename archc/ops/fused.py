@@ -223,8 +223,7 @@ def sdpa(q, k, v, bias=None, scale=1.0, softcap=0.0, causal=False, window=0, blo
 
 
 def _pv(p, v):
-    """[B,KV,G,R,C] @ [B,KV,C,Dv] -> [B,KV,G,R,Dv] as one [G*R, C] GEMM per kv head (G
-    matmuls of R rows each was twice as slow at R = 128)."""
+    """[B,KV,G,R,C] @ [B,KV,C,Dv] -> [B,KV,G,R,Dv], one GEMM per kv head (2x G of R rows)"""
     b_, kv, g, r, c = p.shape
     return np.matmul(p.reshape(b_, kv, g * r, c), v).reshape(b_, kv, g, r, v.shape[3])
 
