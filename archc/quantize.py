@@ -19,19 +19,32 @@ into the ONNX file (`archc compile --weights-dtype`). It runs after the pipeline
   8-bit (EMBEDDING_BITS): decode reads one row per token, so this saves file size and memory,
   not time (`embeddings=False` keeps the tables float32). A tied table gets both copies. A
   parameter nothing reads any more is dropped. Other weights (norms, biases) stay float32.
+  Expert banks, the 3-D [E, K, N] weights of a mixture of experts (most of its bytes), get
+  the same codes, each expert's MatMulNBits tensors stacked on a leading E (`NAME.qweight`
+  [E, N, nb, block*bits/8], `.scales` [E, N*nb], `.zero_points` [E, ...]): the sparse
+  `moe_experts` op (-O2's `experts` fusion) becomes `moe_experts_nbits` (archc/ops/moe.py), and
+  the dense form's `x @ W` with x [..., E or 1, M, K] (-O1, the CLI's default) becomes
+  `matmul_nbits_bank` (archc/ops/quant.py); a one-expert bank (a shared expert) is x @ W[0], a
+  plain `matmul_nbits`. In ONNX each expert is its own MatMulNBits. A bank read any other way
+  stays float32: `graph.meta["quantize"]["kept"]` names it and its readers, and an
+  `ArchcWarning` says so (the CLI prints it).
 - `float16`: every float32 parameter is stored as float16 with a `cast` to float32 after it.
   onnxruntime folds the cast when it loads the model, so this halves the file, not decode time.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from archc.diagnostics import ArchcError, Diagnostic
 from archc.ir.graph import Graph, Node
 from archc.ir.types import TensorType
+from archc.ops import moe  # noqa: F401  (registers moe_experts_nbits)
 from archc.ops.quant import n_blocks, pack
 from archc.passes.infer_shapes import infer_node
+from archc.weights import ArchcWarning
 
 DTYPES = ("float16", "int8", "int4")
 BLOCKS = (32, 64, 128)
@@ -44,6 +57,7 @@ ACCURACY_LEVEL = 4
 # bits buy file size and memory, not time, and at 4 bits they cost quality (benchmarks/
 # quantized_decode.py: top-1 agreement 0.35 against 0.51 with the tables float32)
 EMBEDDING_BITS = 8
+PARTS = ("qweight", "scales", "zero_points")  # MatMulNBits' weight inputs, in order
 
 
 def quantize(graph: Graph, weights: dict[str, np.ndarray], dtype: str, block: int = 32,
@@ -64,6 +78,7 @@ def quantize(graph: Graph, weights: dict[str, np.ndarray], dtype: str, block: in
     weights = {k: weights[k] for k in graph.params}
     if dtype == "float16":
         _store_float16(graph, weights)
+        graph.meta["quantize"] = {"kept": {}}  # float16 stores every weight, banks included
     else:
         bits = int(dtype[3:])
         level = ACCURACY_LEVEL if accuracy_level is None else accuracy_level
@@ -103,7 +118,8 @@ def quantize_weight(w: np.ndarray, bits: int, block: int, symmetric: bool):
 def _match(node: Node, embeddings: bool) -> tuple[Node, str] | None:
     """(param, layout) when `node` reads a 2-D float32 parameter that can be stored quantized:
     `x @ W` (layout "kn": W [K, N]), `x @ transpose(T)` ("nk": T [N, K]) or, with
-    `embeddings`, `gather(T, ids)` ("rows": T [rows, C])."""
+    `embeddings`, `gather(T, ids)` ("rows": T [rows, C]); and an expert bank W [E, K, N] in
+    the dense form, x [..., E or 1, M, K] @ W ("bank"; "one" when E = 1: x @ W[0])."""
     if node.kind != "op" or node.inputs[0].type.dtype != "float32":
         return None
     if node.op == "matmul":
@@ -114,15 +130,24 @@ def _match(node: Node, embeddings: bool) -> tuple[Node, str] | None:
         p, layout = node.inputs[0], "rows"
     else:
         return None
-    if p.kind != "param" or p.type.dtype != "float32" or p.type.rank != 2:
+    if p.kind != "param" or p.type.dtype != "float32":
         return None
-    return p, layout
+    x = node.inputs[0].type
+    if layout == "kn" and p.type.rank == 3 and x.rank >= 3:
+        if p.type.shape[0] == 1:
+            return p, "one"  # the leading 1 broadcasts away: x @ W[0]
+        if x.shape[-3] in (1, p.type.shape[0]):
+            return p, "bank"
+    return (p, layout) if p.type.rank == 2 else None
 
 
 def _quantize_weights(graph: Graph, weights, bits: int, block: int, symmetric: bool,
                       level: int, embeddings: bool) -> None:
     done: dict[tuple[str, str], tuple[Node, ...]] = {}
     for node in graph.nodes():
+        if node.kind == "op" and node.op == "moe_experts":
+            _quantize_experts(graph, weights, node, done, bits, block, symmetric, level)
+            continue
         if _packed(node):
             _quantize_packed(graph, weights, node, done, bits, block, symmetric, level)
             continue
@@ -139,10 +164,10 @@ def _quantize_weights(graph: Graph, weights, bits: int, block: int, symmetric: b
             inputs, attrs = (params[0], node.inputs[1], *params[1:]), {}
         else:
             inputs = (node.inputs[0], *params)
-            n, k = p.type.shape if layout == "nk" else p.type.shape[::-1]
+            n, k = p.type.shape if layout == "nk" else p.type.shape[:-3:-1]
             attrs = {"K": k, "N": n, "accuracy_level": level}
-        new = graph.add_op(f"{node.op}_nbits", inputs, {**attrs, "bits": nbits,
-                                                         "block_size": block},
+        op = "matmul_nbits_bank" if layout == "bank" else f"{node.op}_nbits"
+        new = graph.add_op(op, inputs, {**attrs, "bits": nbits, "block_size": block},
                            scope=node.scope, span=node.span)
         new.type = infer_node(new)
         graph.replace_all_uses_with(node, new)
@@ -156,6 +181,7 @@ def _quantize_weights(graph: Graph, weights, bits: int, block: int, symmetric: b
             graph.erase_node(p)
             del weights[name]
             graph.param_uses.pop(name, None)
+    _report_kept(graph)
 
 
 def _packed(node: Node) -> bool:
@@ -194,17 +220,23 @@ def _quantize_packed(graph: Graph, weights, node: Node, done, bits, block, symme
 
 def _add_quantized(graph: Graph, weights, p: Node, layout: str, bits: int, block: int,
                    symmetric: bool) -> tuple[Node, ...]:
-    """New params holding `p` quantized: NAME.{qweight,scales,zero_points} for "kn",
-    NAME.t.* for "nk", NAME.rows.* for "rows" (GatherBlockQuantized's 2-D shapes)."""
-    w = weights[p.name].T if layout == "kn" else weights[p.name]  # [N, K]
-    n, k = w.shape
-    arrays = dict(zip(("qweight", "scales", "zero_points"),
-                      quantize_weight(w, bits, block, symmetric)))
+    """New params holding `p` quantized: NAME.{qweight,scales,zero_points} for "kn" and "one"
+    (W[0]) and for an expert bank ("bank": [E, K, N], each expert as "kn", stacked), NAME.t.*
+    for "nk", NAME.rows.* for "rows" (GatherBlockQuantized's 2-D shapes)."""
+    if layout == "bank":
+        per = [quantize_weight(w.T, bits, block, symmetric) for w in weights[p.name]]
+        arrays = {part: None if per[0][i] is None else np.stack([e[i] for e in per])
+                  for i, part in enumerate(PARTS)}
+    else:
+        w = weights[p.name]
+        w = w[0].T if layout == "one" else w.T if layout == "kn" else w  # [N, K]
+        n, k = w.shape
+        arrays = dict(zip(PARTS, quantize_weight(w, bits, block, symmetric)))
     if layout == "rows":
         arrays = {part: None if a is None else np.ascontiguousarray(
             a.reshape(n, -1)[:, :k * bits // 8] if part == "qweight" else a.reshape(n, -1))
             for part, a in arrays.items()}
-    stem = {"kn": p.name, "nk": f"{p.name}.t", "rows": f"{p.name}.rows"}[layout]
+    stem = {"nk": f"{p.name}.t", "rows": f"{p.name}.rows"}.get(layout, p.name)
     nodes = []
     for part, a in arrays.items():
         if a is None:
@@ -218,6 +250,49 @@ def _add_quantized(graph: Graph, weights, p: Node, layout: str, bits: int, block
         graph.param_uses[name] = graph.param_uses.get(p.name, 1)
         weights[name] = a
     return tuple(nodes)
+
+
+def _quantize_experts(graph: Graph, weights, node: Node, done, bits, block, symmetric,
+                      level) -> None:
+    """moe_experts(x, gates, W1, [W3], W2, biases) -> moe_experts_nbits(x, gates, W1's parts,
+    [W3's], W2's, biases): each bank a float32 parameter [E, K, N] (they are, as the `experts`
+    fusion makes them); the biases stay float32."""
+    n = 3 if node.attrs["gated"] else 2
+    banks = node.inputs[2:2 + n]
+    if not all(p.kind == "param" and p.type.dtype == "float32" for p in banks):
+        return  # (computed weights): _report_kept names them
+    parts = []
+    for p in banks:
+        if (p.name, "bank") not in done:
+            done[p.name, "bank"] = _add_quantized(graph, weights, p, "bank", bits, block,
+                                                  symmetric)
+        parts += done[p.name, "bank"]
+    new = graph.add_op("moe_experts_nbits", (*node.inputs[:2], *parts, *node.inputs[2 + n:]),
+                       {**node.attrs, "bits": bits, "block_size": block,
+                        "accuracy_level": level}, scope=node.scope, span=node.span)
+    new.type = infer_node(new)
+    graph.replace_all_uses_with(node, new)
+    graph.erase_node(node)
+
+
+def _report_kept(graph: Graph) -> None:
+    """Expert banks (the 3-D parameters of `graph.meta["moe"]`) still read in float32:
+    `graph.meta["quantize"]["kept"]` maps each to its readers, and one warning names them."""
+    banks = {p for bank in graph.meta.get("moe", ()) for p in bank["params"]}
+    kept = {}
+    for name in sorted(banks & set(graph.params)):
+        p = graph.params[name]
+        ops = sorted({f"`{u.op}`" for u in graph.users(p)})
+        if p.type.rank == 3 and p.type.dtype == "float32" and ops:
+            kept[name] = f"read by {', '.join(ops)}"
+    graph.meta["quantize"] = {"kept": kept}
+    if kept:
+        first = next(iter(kept))
+        warnings.warn(ArchcWarning(Diagnostic(
+            "E0400", f"{len(kept)} expert weight bank(s) stay float32, first `{first}` "
+            f"({kept[first]})", severity="warning",
+            help="quantization stores a bank [E, K, N] that `moe_experts` reads or that a "
+                 "`matmul` reads as x [..., E or 1, M, K] @ W")), stacklevel=3)
 
 
 def _store_float16(graph: Graph, weights) -> None:

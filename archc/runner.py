@@ -30,7 +30,8 @@ class Runner:
         check_weights(graph, {k: weights[k] for k in graph.params if k in weights},
                       "the given weights")
         self.graph, self.backend, self.facts = graph, backend, GraphFacts(graph)
-        self.weights = {k: np.asarray(weights[k], np.float32) for k in graph.params}
+        self.weights = {k: np.asarray(weights[k], np.float32) if p.type.dtype == "float32"
+                        else np.asarray(weights[k]) for k, p in graph.params.items()}
         self._ort = self._plan = None
         self._names: list[str] = []  # the session's outputs (a step would ask every time)
         if backend == "numpy":

@@ -125,10 +125,12 @@ def check_weights(graph: Graph, weights: dict[str, np.ndarray], source: str) -> 
         if name not in weights:
             diags.append(Diagnostic("E0300", f"missing weight `{name}` {fmt_shape(want)}",
                                     notes=(f"in {source}",)))
-        elif not np.issubdtype(np.asarray(weights[name]).dtype, np.floating):
-            diags.append(Diagnostic("E0308", f"weight `{name}` is "
-                                    f"{np.asarray(weights[name]).dtype}: a float parameter "
-                                    "needs a float array", notes=(f"in {source}",)))
+        elif np.issubdtype(have := np.asarray(weights[name]).dtype, np.floating) != \
+                graph.params[name].type.dtype.startswith("float"):  # quantized codes: uint8
+            kind = "a float" if graph.params[name].type.dtype.startswith("float") else "an integer"
+            diags.append(Diagnostic("E0308", f"weight `{name}` is {have}: a "
+                                    f"{graph.params[name].type.dtype} parameter needs {kind} "
+                                    "array", notes=(f"in {source}",)))
         elif tuple(weights[name].shape) != want:
             diags.append(Diagnostic("E0301", f"weight `{name}` has shape "
                                     f"{fmt_shape(tuple(weights[name].shape))}, the spec needs "

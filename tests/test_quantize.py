@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 
 import numpy as np
 import onnx
@@ -87,6 +88,8 @@ OP_CASES["gather_nbits"] = [
     _rows_case(40, 80, rng.integers(0, 40, (5,)), 4, 64, False),
     _rows_case(30, 200, rng.integers(0, 30, (2, 2)), 8, 128, False),
     _rows_case(30, 96, rng.integers(0, 30, (3,)), 8, 32, True)]
+# quantized expert banks: their cases and runner are in tests/test_quantize_experts.py
+OP_CASES.update(importlib.import_module("test_quantize_experts").OP_CASES)
 
 
 @pytest.mark.parametrize("case", range(len(OP_CASES["gather_nbits"])))

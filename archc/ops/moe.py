@@ -27,6 +27,9 @@ every expert equal to the k-th). Nor is it faster on CPU where it does apply:
 benchmarks/moe_sparse.py times both on one top-2-of-8 layer (T=512, 2 threads), and the two
 landed within noise of each other on a shared machine (`MoE` ran at 0.5x to 1.3x the
 chain's speed across runs).
+
+`moe_experts_nbits`, at the end of this file, is the same op over weight-only quantized banks
+(archc/quantize.py): each expert's matmuls become MatMulNBits, the routing stays the same.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from archc.ir.types import ShapeError, TensorType
+from archc.ops.quant import infer_matmul_nbits, matmul_nbits
 from archc.ops.registry import OPS, register_op
 
 # activation name -> (primitive op, its attributes): the `act` of an expert
@@ -51,10 +55,12 @@ def act_name(op: str, attrs: dict) -> str | None:
     return op if op in ACTS and not attrs else None
 
 
-def _unpack(ws: tuple, gated: bool, bias: bool) -> tuple:
-    """(W1, W3, W2, b1, b3, b2), None where absent, from the inputs after x and gates."""
+def _unpack(ws: tuple, gated: bool, bias: bool, per: int = 1) -> tuple:
+    """(W1, W3, W2, b1, b3, b2), None where absent, from the inputs after x and gates; with
+    `per` > 1 each W is the tuple of its `per` inputs (a quantized weight's parts)."""
     n = 3 if gated else 2
-    mats, vecs = list(ws[:n]), list(ws[n:]) if bias else [None] * n
+    mats = [ws[i * per] if per == 1 else tuple(ws[i * per:(i + 1) * per]) for i in range(n)]
+    vecs = list(ws[n * per:]) if bias else [None] * n
     if not gated:
         mats.insert(1, None)
         vecs.insert(1, None)
@@ -86,50 +92,73 @@ def _infer(x: TensorType, gates: TensorType, *ws: TensorType, act: str, gated: b
     return TensorType("float32", (*x.shape[:-1], out))
 
 
-def _ffn(x, e, w1, w3, w2, b1, b3, b2, act, limit, alpha):  # [n, d] -> [n, out], expert e
+def _ffn(x, affine, gated: bool, act: str, limit: float, alpha: float):
+    """One expert's FFN on its rows x [n, d] -> [n, out]; affine(v, j) = v @ W_j (+ b_j), j
+    0, 1, 2 for W1, W3, W2 of that expert."""
     op, attrs = ACTS[act]
-    g = x @ w1[e] if b1 is None else x @ w1[e] + b1[e]
-    if w3 is None:
+    g = affine(x, 0)
+    if not gated:
         h = OPS[op].numpy(g, **attrs)
     else:
-        u = x @ w3[e] if b3 is None else x @ w3[e] + b3[e]
+        u = affine(x, 1)
         if limit > 0:  # the clamped SwiGLU, in the dense form's order of operations
             g = np.minimum(g, np.float32(limit))
             gs = g * OPS["sigmoid"].numpy(g * np.float32(alpha))
             h = gs * (np.clip(u, np.float32(-limit), np.float32(limit)) + np.float32(1))
         else:
             h = OPS[op].numpy(g, **attrs) * u
-    return h @ w2[e] if b2 is None else h @ w2[e] + b2[e]
+    return affine(h, 2)
+
+
+def _route(x, gates, out_dim: int, expert) -> np.ndarray:
+    """sum_e gates[t, e] * expert(e, x[rows routed to e]) over the e each token picks."""
+    rows_x = x.reshape(-1, x.shape[-1])
+    rows_g = gates.reshape(-1, gates.shape[-1])
+    out = np.zeros((rows_x.shape[0], out_dim), np.float32)
+    for e in range(rows_g.shape[1]):
+        rows = np.flatnonzero(rows_g[:, e])  # the tokens routed to expert e
+        if rows.size:
+            out[rows] += rows_g[rows, e:e + 1] * expert(e, rows_x[rows])
+    return out.reshape(*x.shape[:-1], out_dim)
 
 
 def moe_experts(x, gates, *ws, act: str, gated: bool, bias: bool, limit: float = 0.0,
                 alpha: float = 1.702):  # [..., d], [..., E], weights -> [..., out]
     w1, w3, w2, b1, b3, b2 = _unpack(ws, gated, bias)
-    rows_x = x.reshape(-1, x.shape[-1])
-    rows_g = gates.reshape(-1, gates.shape[-1])
-    out = np.zeros((rows_x.shape[0], w2.shape[-1]), np.float32)
-    for e in range(rows_g.shape[1]):
-        rows = np.flatnonzero(rows_g[:, e])  # the tokens routed to expert e
-        if rows.size:
-            y = _ffn(rows_x[rows], e, w1, w3, w2, b1, b3, b2, act, limit, alpha)
-            out[rows] += rows_g[rows, e:e + 1] * y
-    return out.reshape(*x.shape[:-1], out.shape[-1])
+    mats, vecs = (w1, w3, w2), (b1, b3, b2)
+
+    def expert(e, rows):
+        def affine(v, j):
+            return v @ mats[j][e] if vecs[j] is None else v @ mats[j][e] + vecs[j][e]
+        return _ffn(rows, affine, gated, act, limit, alpha)
+    return _route(x, gates, w2.shape[-1], expert)
 
 
 def _onnx(b, x, gates, *ws, act: str, gated: bool, bias: bool, limit: float = 0.0,
           alpha: float = 1.702) -> str:
     w1, w3, w2, b1, b3, b2 = _unpack(ws, gated, bias)
+    mats, vecs = (w1, w3, w2), (b1, b3, b2)
+
+    def affine(v, j, idx):  # v @ W_j[e] (+ b_j[e]); the slices fold into constants
+        y = b.op("MatMul", v, b.op("Gather", mats[j], idx, axis=0))
+        return y if vecs[j] is None else b.op("Add", y, b.op("Gather", vecs[j], idx, axis=0))
+    return _route_onnx(b, x, gates, b.types[w2].shape[-1],
+                       lambda xe, idx: _ffn_onnx(b, xe, idx, affine, gated, act, limit, alpha))
+
+
+def _route_onnx(b, x, gates, out: int, expert) -> str:
+    """Unrolled over the experts: expert(rows of x routed to e, e as an int64 constant)."""
     ints = lambda *v: b.const(np.array(v, np.int64))  # noqa: E731
-    n_exp, d, out = b.types[gates].shape[-1], b.types[x].shape[-1], b.types[w2].shape[-1]
+    n_exp, d = b.types[gates].shape[-1], b.types[x].shape[-1]
     rows_x = b.op("Reshape", x, ints(-1, d))
     rows_g = b.op("Reshape", gates, ints(-1, n_exp))
     size = b.op("Concat", b.op("Shape", rows_x, start=0, end=1), ints(out), axis=0)
     acc = b.op("ConstantOfShape", size, value=_zero_tensor())
     for e in range(n_exp):
-        ge = b.op("Gather", rows_g, b.const(np.array(e, np.int64)), axis=1)       # [N]
+        idx = b.const(np.array(e, np.int64))
+        ge = b.op("Gather", rows_g, idx, axis=1)                                   # [N]
         rows = b.op("Squeeze", b.op("NonZero", ge), ints(0))                       # [n]
-        y = _ffn_onnx(b, b.op("Gather", rows_x, rows, axis=0), e, (w1, w3, w2, b1, b3, b2),
-                      act, limit, alpha)
+        y = expert(b.op("Gather", rows_x, rows, axis=0), idx)
         y = b.op("Mul", y, b.op("Unsqueeze", b.op("Gather", ge, rows, axis=0), ints(1)))
         acc = b.op("ScatterND", acc, b.op("Unsqueeze", rows, ints(1)), y, reduction="add")
     lead = b.op("Shape", x, start=0, end=b.types[x].rank - 1)
@@ -142,19 +171,13 @@ def _zero_tensor():
     return numpy_helper.from_array(np.zeros(1, np.float32))
 
 
-def _ffn_onnx(b, xe, e, weights, act, limit, alpha) -> str:
-    w1, w3, w2, b1, b3, b2 = weights
-    idx = b.const(np.array(e, np.int64))
-
-    def affine(w, bias_, v):  # v @ w[e] (+ bias[e]); the slices fold into constants
-        y = b.op("MatMul", v, b.op("Gather", w, idx, axis=0))
-        return y if bias_ is None else b.op("Add", y, b.op("Gather", bias_, idx, axis=0))
-
+def _ffn_onnx(b, xe, idx, affine, gated, act, limit, alpha) -> str:
+    """`_ffn` in ONNX nodes; affine(v, j, idx) emits v @ W_j[e] (+ b_j[e])."""
     op, attrs = ACTS[act]
-    if w3 is None:
-        h = OPS[op].onnx(b, affine(w1, b1, xe), **attrs)
+    if not gated:
+        h = OPS[op].onnx(b, affine(xe, 0, idx), **attrs)
     else:
-        g, u = affine(w1, b1, xe), affine(w3, b3, xe)
+        g, u = affine(xe, 0, idx), affine(xe, 1, idx)
         if limit > 0:
             g = b.op("Min", g, b.scalar(limit))
             gs = b.op("Mul", g, b.op("Sigmoid", b.op("Mul", g, b.scalar(alpha))))
@@ -162,9 +185,88 @@ def _ffn_onnx(b, xe, e, weights, act, limit, alpha) -> str:
             h = b.op("Mul", gs, b.op("Add", clipped, b.scalar(1.0)))
         else:
             h = b.op("Mul", OPS[op].onnx(b, g, **attrs), u)
-    return affine(w2, b2, h)
+    return affine(h, 2, idx)
 
 
 register_op("moe_experts", (4, 8), {"act": True, "gated": True, "bias": True, "limit": False,
                                     "alpha": False},
             infer=_infer, numpy=moe_experts, onnx=_onnx)
+
+
+# `moe_experts_nbits`: the same op with weight-only quantized experts (archc/quantize.py). Each
+# W_j [E, K, N] is stored as MatMulNBits' tensors of each expert (archc/ops/quant.py) stacked on
+# a leading E: qweight uint8 [E, N, nb, block * bits / 8], scales float32 [E, N * nb] and, unless
+# symmetric, zero_points uint8 [E, N * ceil(nb * bits / 8)]. Inputs: x, gates, then W1's parts,
+# [W3's], W2's (2 or 3 each: the count says whether zero points are there), then the float32
+# biases. Expert e's matmul is `matmul_nbits` over the e-th slices, in NumPy as in ONNX: there
+# Gather(part, e) of an initializer folds into a constant when onnxruntime loads the model, so
+# each MatMulNBits reads (and prepacks, which accuracy_level 4 needs) that expert's own codes.
+def _parts(ws: tuple, gated: bool, bias: bool) -> int:
+    """How many inputs each quantized weight has: 2 (symmetric) or 3 (zero points)."""
+    n = 3 if gated else 2
+    rest = len(ws) - (n if bias else 0)
+    if rest not in (2 * n, 3 * n):
+        raise ShapeError(f"moe_experts_nbits (gated={gated}, bias={bias}) takes {2 * n} or "
+                         f"{3 * n} weight parts{f' and {n} biases' if bias else ''}, got {len(ws)}")
+    return rest // n
+
+
+def _nbits_infer(x: TensorType, gates: TensorType, *ws: TensorType, act: str, gated: bool,
+                 bias: bool, bits: int, block_size: int, accuracy_level: int = 0,
+                 limit: float = 0.0, alpha: float = 1.702) -> TensorType:
+    w1, w3, w2, *vecs = _unpack(ws, gated, bias, _parts(ws, gated, bias))
+    e = gates.shape[-1]
+    floats = []
+    for w, k in ((w1, x.shape[-1]), (w3, x.shape[-1]), (w2, None)):
+        if w is None:
+            continue
+        if any(t.rank < 1 or t.shape[0] != e for t in w) or w[0].rank != 4:
+            raise ShapeError(f"moe_experts_nbits weight parts {', '.join(map(str, w))} are not "
+                             f"[{e}, ...] (one MatMulNBits weight per expert)")
+        k = floats[0].shape[-1] if k is None else k  # W2 reads the hidden width W1 makes
+        n = w[0].shape[1]
+        one = (t.with_shape(t.shape[1:]) for t in w)  # expert e's slices
+        infer_matmul_nbits(TensorType("float32", (k,)), *one, K=k, N=n, bits=bits,
+                           block_size=block_size, accuracy_level=accuracy_level)
+        floats.append(TensorType("float32", (e, k, n)))
+    return _infer(x, gates, *floats, *filter(None, vecs), act=act, gated=gated, bias=bias,
+                  limit=limit, alpha=alpha)
+
+
+def moe_experts_nbits(x, gates, *ws, act: str, gated: bool, bias: bool, bits: int,
+                      block_size: int, accuracy_level: int = 0, limit: float = 0.0,
+                      alpha: float = 1.702):  # [..., d], [..., E], weights -> [..., out]
+    w1, w3, w2, b1, b3, b2 = _unpack(ws, gated, bias, _parts(ws, gated, bias))
+    mats, vecs = (w1, w3, w2), (b1, b3, b2)
+
+    def expert(e, rows):
+        def affine(v, j):
+            q, s, zp = (*mats[j], None)[:3]
+            y = matmul_nbits(v, q[e], s[e], None if zp is None else zp[e], K=v.shape[-1],
+                             N=q.shape[1], bits=bits, block_size=block_size,
+                             accuracy_level=accuracy_level)
+            return y if vecs[j] is None else y + vecs[j][e]
+        return _ffn(rows, affine, gated, act, limit, alpha)
+    return _route(x, gates, w2[0].shape[1], expert)
+
+
+def _nbits_onnx(b, x, gates, *ws, act: str, gated: bool, bias: bool, bits: int,
+                block_size: int, accuracy_level: int = 0, limit: float = 0.0,
+                alpha: float = 1.702) -> str:
+    w1, w3, w2, b1, b3, b2 = _unpack(ws, gated, bias, _parts(ws, gated, bias))
+    mats, vecs = (w1, w3, w2), (b1, b3, b2)
+    width = [b.types[x].shape[-1]] * 2 + [b.types[w1[0]].shape[1]]  # K of W1, W3, W2
+
+    def affine(v, j, idx):  # MatMulNBits over expert e's slices (+ b_j[e])
+        y = b.op("MatMulNBits", v, *(b.op("Gather", t, idx, axis=0) for t in mats[j]),
+                 domain="com.microsoft", K=width[j], N=b.types[mats[j][0]].shape[1], bits=bits,
+                 block_size=block_size, accuracy_level=accuracy_level)
+        return y if vecs[j] is None else b.op("Add", y, b.op("Gather", vecs[j], idx, axis=0))
+    return _route_onnx(b, x, gates, b.types[w2[0]].shape[1],
+                       lambda xe, idx: _ffn_onnx(b, xe, idx, affine, gated, act, limit, alpha))
+
+
+register_op("moe_experts_nbits", (6, 14), {
+    "act": True, "gated": True, "bias": True, "bits": True, "block_size": True,
+    "accuracy_level": False, "limit": False, "alpha": False},
+    infer=_nbits_infer, numpy=moe_experts_nbits, onnx=_nbits_onnx)

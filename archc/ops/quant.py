@@ -88,7 +88,7 @@ def _quantize_activations(x: np.ndarray, block_size: int) -> np.ndarray:
     return (q * scale).reshape(*x.shape[:-1], -1)[..., :k]
 
 
-def _infer(x: TensorType, q: TensorType, s: TensorType, zp: TensorType | None = None, *,
+def infer_matmul_nbits(x: TensorType, q: TensorType, s: TensorType, zp: TensorType | None = None, *,
            K: int, N: int, bits: int, block_size: int, accuracy_level: int = 0) -> TensorType:
     if accuracy_level not in (0, 4):
         raise ShapeError(f"matmul_nbits `accuracy_level` is 0 or 4, got {accuracy_level}")
@@ -108,7 +108,7 @@ def _infer(x: TensorType, q: TensorType, s: TensorType, zp: TensorType | None = 
     return x.with_shape((*x.shape[:-1], N))
 
 
-def _kernel(x, q, s, zp=None, *, K, N, bits, block_size, accuracy_level=0):  # [..,K] -> [..,N]
+def matmul_nbits(x, q, s, zp=None, *, K, N, bits, block_size, accuracy_level=0):  # [..,K] -> [..,N]
     if accuracy_level == 4:
         x = _quantize_activations(x, block_size)
     return (x @ dequantize(q, s, zp, K, N, bits, block_size).T).astype(np.float32)
@@ -122,7 +122,53 @@ def _onnx(b, x, q, s, zp=None, *, K, N, bits, block_size, accuracy_level=0):
 
 register_op("matmul_nbits", (3, 4), {"K": True, "N": True, "bits": True, "block_size": True,
                                      "accuracy_level": False},
-            infer=_infer, numpy=_kernel, onnx=_onnx)
+            infer=infer_matmul_nbits, numpy=matmul_nbits, onnx=_onnx)
+
+
+# An expert bank, the dense mixture-of-experts form (below -O2, or where the `experts` fusion
+# does not fire): x [..., E or 1, M, K] @ W [E, K, N] -> [..., E, M, N], W stored as each
+# expert's MatMulNBits tensors stacked on a leading E (qweight [E, N, nb, block * bits / 8],
+# scales [E, N * nb], zero points [E, ...]), as `moe_experts_nbits` stores its banks. ONNX: one
+# MatMulNBits per expert, on x or its e-th slice, concatenated on axis -3 (Gather(part, e) of an
+# initializer folds into a constant when onnxruntime loads the model).
+def _bank_infer(x: TensorType, q: TensorType, s: TensorType, zp: TensorType | None = None, *,
+                K: int, N: int, bits: int, block_size: int, accuracy_level: int = 0
+                ) -> TensorType:
+    e = q.shape[0] if q.rank == 4 else None
+    parts = (q, s) if zp is None else (q, s, zp)
+    if e is None or any(t.rank < 1 or t.shape[0] != e for t in parts):
+        raise ShapeError(f"matmul_nbits_bank parts {', '.join(map(str, parts))} are not one "
+                         "MatMulNBits weight per expert [E, ...]")
+    if x.rank < 3 or x.shape[-3] not in (1, e):
+        raise ShapeError(f"matmul_nbits_bank needs x [..., {e} or 1, M, {K}], got {x}")
+    one = infer_matmul_nbits(x, *(t.with_shape(t.shape[1:]) for t in parts), K=K, N=N,
+                             bits=bits, block_size=block_size, accuracy_level=accuracy_level)
+    return one.with_shape((*x.shape[:-3], e, *one.shape[-2:]))
+
+
+def _bank_kernel(x, q, s, zp=None, *, K, N, bits, block_size, accuracy_level=0):
+    if accuracy_level == 4:
+        x = _quantize_activations(x, block_size)
+    w = np.stack([dequantize(q[e], s[e], None if zp is None else zp[e], K, N, bits,
+                             block_size).T for e in range(q.shape[0])])  # [E, K, N]
+    return (x @ w).astype(np.float32)
+
+
+def _bank_onnx(b, x, q, s, zp=None, *, K, N, bits, block_size, accuracy_level=0):
+    parts, rank = (q, s) if zp is None else (q, s, zp), b.types[x].rank
+    outs = []
+    for e in range(b.types[q].shape[0]):
+        idx = b.const(np.array(e, np.int64))
+        xe = x if b.types[x].shape[-3] == 1 else b.slice(x, rank - 3, e, e + 1)
+        outs.append(b.op("MatMulNBits", xe, *(b.op("Gather", t, idx, axis=0) for t in parts),
+                         domain="com.microsoft", K=K, N=N, bits=bits, block_size=block_size,
+                         accuracy_level=accuracy_level))
+    return b.op("Concat", *outs, axis=-3) if len(outs) > 1 else outs[0]
+
+
+register_op("matmul_nbits_bank", (3, 4), {"K": True, "N": True, "bits": True,
+                                          "block_size": True, "accuracy_level": False},
+            infer=_bank_infer, numpy=_bank_kernel, onnx=_bank_onnx)
 
 
 # Embedding rows: com.microsoft GatherBlockQuantized (gather_axis 0, quantize_axis 1). The table
