@@ -107,3 +107,29 @@ def test_cli_incremental_and_generate(imported, tmp_path, capsys):
                  str(tmp_path / "m.onnx")]) == 0
     names = [i.name for i in onnx.load(str(tmp_path / "m.onnx")).graph.input]
     assert "past_key_values.1.value" in names
+
+
+def test_an_encoder_asked_to_decode_incrementally_says_why(capsys):
+    """BERT keeps no KV cache: the cause comes first (E0202), not only the mask's shape error."""
+    assert main(["compile", str(ROOT / "specs" / "bert_base.arch"), "--kv-cache", "-o",
+                 "/dev/null"]) != 0
+    err = capsys.readouterr().err
+    assert err.index("error[E0202]: model `bert_base` cannot decode incrementally") < \
+        err.index("error[E0201]")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_experts_with_a_token_mask_decode_through_the_cache(backend):
+    """moe_general routes under `mask = attention_mask`, which with a cache covers past and new
+    tokens: the router and the balance loss take the new tokens' part (`tail`). A left-padded
+    row included, prefill 3 then a token a step equals one pass (1e-5)."""
+    module = archc.parse_file(ROOT / "specs" / "moe_general.arch")
+    full, cached = archc.optimize(lower(module), 1), archc.optimize(lower(module, cache=True), 1)
+    w = archc.init_params(full, 3)
+    ids = np.random.default_rng(5).integers(0, 512, (2, 7))
+    mask = np.ones_like(ids)
+    mask[1, :2] = 0
+    want = archc.run(full, {"input_ids": ids, "attention_mask": mask}, w)["logits"]
+    got = incremental_logits(cached, w, ids, mask, 3, backend)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5, rtol=0)

@@ -73,6 +73,14 @@ def lower(module: ast.Module, model: str | None = None, cache: bool = False) -> 
     except RecursionError:
         diags.error("E0003", "the spec nests too deeply to lower", models[model].span,
                     "in this model", help="split long expressions with intermediate names")
+    if cache and not ev.graph.meta.get("cache_layers") and not ev.graph.meta.get("states") and \
+            any("past+" in d.message for d in diags.diagnostics):
+        # an encoder's mask was widened to past + new tokens, but no layer keeps a cache: the
+        # shape errors that follow are symptoms, this is the cause
+        diags.diagnostics.insert(0, Diagnostic(
+            "E0202", f"model `{model}` cannot decode incrementally: no layer keeps a KV cache",
+            models[model].span, "this model", help="only causal self-attention is cached; an "
+            "encoder runs in one pass: drop `--kv-cache` / `--incremental` / `generate`"))
     diags.raise_if_any()
     graph.param_uses = dict(ev.uses)
     return graph
