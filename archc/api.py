@@ -60,7 +60,8 @@ def run(graph: Graph, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarr
         if weights is None:
             weights = _INITIALISED[graph][seed] = init_params(graph, seed)
     check_weights(graph, weights, "the given weights")
-    weights = {k: np.asarray(weights[k], np.float32) for k in graph.params}
+    weights = {k: np.asarray(weights[k], np.float32) if p.type.dtype == "float32"
+               else np.asarray(weights[k]) for k, p in graph.params.items()}  # codes stay ints
     if backend == "numpy":
         return run_graph(graph, feeds, weights)
     from archc.backends.ort import run_cached

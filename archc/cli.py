@@ -90,6 +90,12 @@ def _dump_block(name: str) -> int:
 def cmd_compile(args) -> int:
     from archc.backends.onnx_save import save_models
 
+    if args.dtype == "float16":  # the graph computes in float16 (archc/backends/onnx_fp16.py)
+        if args.genai or args.triton:
+            raise ArchcError([Diagnostic("E0400", "`--dtype float16` writes `-o FILE.onnx` "
+                                         "only, not `--genai` or `--triton` folders",
+                                         help="compile with `-o FILE.onnx --dtype float16`")])
+        from archc.backends.onnx_fp16 import save_float16 as save_models
     if args.genai:  # the KV-cache decoder and its genai_config.json, in one folder
         return lazy("archc.serving", "cmd_genai")(args)
     if args.triton:  # a Triton model repository
@@ -122,8 +128,9 @@ def cmd_compile(args) -> int:
 
 
 def _stored(args, graph, weights):
-    """The graph and its weights as they are stored in the file: `--weights-dtype`."""
-    if args.weights_dtype == "float32":
+    """The graph and its weights as they are stored in the file: `--weights-dtype`
+    (`float16` is what `--dtype float16` stores anyway)."""
+    if args.weights_dtype == "float32" or args.weights_dtype == getattr(args, "dtype", None):
         return graph, weights
     from archc.quantize import quantize
 
@@ -271,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights-dtype", choices=("float32", "float16", "int8", "int4"),
                    default="float32", help="store matmul weights in this type (int8/int4: "
                    "block-wise weight-only quantization)")
+    c.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="what the ONNX graph computes in (float16: weights, activations and "
+                   "the KV cache; inputs and outputs stay float32)")
     c.add_argument("--block-size", type=int, choices=(32, 64, 128), default=32,
                    help="int8/int4 quantization block size (default 32)")
     c.add_argument("--symmetric", action="store_true", help="int8/int4 without zero points")
