@@ -21,7 +21,9 @@ checks the quantized numbers exactly (against the float32 model over the dequant
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -30,6 +32,9 @@ import archc
 from archc.backends.onnx_export import export_onnx, model_bytes
 from archc.lower import lower
 from archc.quantize import quantize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quantized_decode import _session, decode_feeds  # one prefill helper
 
 SPEC = """
 model moe_decode {
@@ -59,27 +64,6 @@ def export(cache: bool, variant: str, weights) -> bytes:
     return model_bytes(export_onnx(graph, stored, check=False))
 
 
-def _session(blob: bytes, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-
-
-def decode_feeds(sess: ort.InferenceSession, past: int, rng) -> dict[str, np.ndarray]:
-    """Prefill `past` tokens with the session itself; the feeds of the next one-token step."""
-    names = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
-    empty = {name: np.zeros((1, 2, 0, 64), np.float32) for name in names}
-    ids = rng.integers(0, 4096, (1, past))
-    outs = sess.run(None, {"input_ids": ids, "attention_mask": np.ones((1, past), np.int64),
-                           **empty})
-    present = dict(zip([o.name for o in sess.get_outputs()], outs))
-    return {"input_ids": np.array([[7]], np.int64),
-            "attention_mask": np.ones((1, past + 1), np.int64),
-            **{n: present[n.replace("past_key_values.", "present.")] for n in names}}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -103,7 +87,7 @@ def main() -> None:
         rows[name] = (len(blob) / 1e6, float(np.abs(logits - ref).max()),
                       float((logits.argmax(-1) == ref.argmax(-1)).mean()))
     sessions = {name: _session(export(True, name, weights), args.threads) for name in VARIANTS}
-    step = {name: decode_feeds(s, args.past, np.random.default_rng(2))
+    step = {name: decode_feeds(s, args.past, np.random.default_rng(2), 4096)
             for name, s in sessions.items()}
     times = {name: [] for name in VARIANTS}
     for _ in range(args.reps + 3):

@@ -129,11 +129,12 @@ def quality(logits: np.ndarray, ref: np.ndarray, ids: np.ndarray) -> tuple[float
             float((logits.argmax(-1) == ref.argmax(-1)).mean()), float(np.exp(nll.mean())))
 
 
-def decode_feeds(sess: ort.InferenceSession, past: int, rng) -> dict[str, np.ndarray]:
+def decode_feeds(sess: ort.InferenceSession, past: int, rng, vocab: int = 32000
+                 ) -> dict[str, np.ndarray]:
     """Prefill `past` tokens with the session itself; the feeds of the next one-token step."""
     names = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
     empty = {name: np.zeros((1, 2, 0, 64), np.float32) for name in names}
-    ids = rng.integers(0, 32000, (1, past))
+    ids = rng.integers(0, vocab, (1, past))
     outs = sess.run(None, {"input_ids": ids, "attention_mask": np.ones((1, past), np.int64),
                            **empty})
     present = dict(zip([o.name for o in sess.get_outputs()], outs))

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import ROOT, perturbed_params
+from test_moe_sparse import _f32, _gates  # one random-gates maker
 
 import archc
 from archc.backends.numpy_interp import run_graph
@@ -42,18 +43,6 @@ from archc.quantize import quantize, quantize_weight
 
 TOL = 1e-4  # a whole model, NumPy vs onnxruntime at accuracy_level 0 (tests/test_quantize.py)
 rng = np.random.default_rng(21)
-
-
-def _f32(*shape, scale=0.3):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-
-def _gates(b, t, e, k, dead=()):  # k positive gates per token, none on the `dead` experts
-    z = rng.standard_normal((b, t, e))
-    z[..., list(dead)] = -np.inf
-    g = np.zeros((b, t, e), np.float32)
-    np.put_along_axis(g, np.argsort(-z, -1)[..., :k], rng.uniform(0.1, 1, (b, t, k)), -1)
-    return g
 
 
 def _bank(w: np.ndarray, bits: int, block: int, symmetric: bool) -> list[np.ndarray]:
