@@ -42,7 +42,6 @@ from archc.passes.infer_shapes import infer_node
 from archc.quantize import quantize, quantize_weight
 
 TOL = 1e-4  # a whole model, NumPy vs onnxruntime at accuracy_level 0 (tests/test_quantize.py)
-rng = np.random.default_rng(21)
 
 
 def _bank(w: np.ndarray, bits: int, block: int, symmetric: bool) -> list[np.ndarray]:
