@@ -141,6 +141,41 @@ def _match(node: Node, embeddings: bool) -> tuple[Node, str] | None:
     return (p, layout) if p.type.rank == 2 else None
 
 
+def stored_bytes(graph: Graph, bits: int, block: int = 32, symmetric: bool = False,
+                 embeddings: bool = True) -> int:
+    """The bytes `quantize(graph, W, f"int{bits}", block, symmetric)` stores for the weights,
+    from the shapes alone (`archc stats`): the codes, scales and zero points of each weight it
+    quantizes (per layout, as `_add_quantized` lays them out), and 4 bytes an element of every
+    float32 parameter it keeps (norms, biases; a weight something else also reads)."""
+    layouts: dict[Node, set[str]] = {}
+    for n in graph.nodes():
+        if (m := _match(n, embeddings)) is not None:
+            layouts.setdefault(m[0], set()).add(m[1])
+    total = 0
+    for p in graph.params.values():
+        read = set(graph.users(p))
+        quantized = {u for u in read if (m := _match(u, embeddings)) and m[0] is p} | {
+            u for u in read if u.kind == "op" and u.op == "transpose" and graph.users(u) and
+            all((m := _match(w, embeddings)) and m[0] is p for w in graph.users(u))}
+        if read - quantized or not read:
+            total += 4 * int(np.prod(p.type.shape))
+        for layout in layouts.get(p, ()):
+            total += _layout_bytes(p.type.shape, layout, bits, block, symmetric)
+    return total
+
+
+def _layout_bytes(shape, layout: str, bits: int, block: int, symmetric: bool) -> int:
+    if layout == "rows":  # [rows, C] at EMBEDDING_BITS, one zero point byte a block
+        rows, c = shape
+        nb = n_blocks(c, block)
+        return rows * (c * EMBEDDING_BITS // 8 + 4 * nb + (0 if symmetric else nb))
+    experts = shape[0] if layout == "bank" else 1
+    n, k = shape[-2:] if layout == "nk" else shape[:-3:-1]  # [N, K] or [.., K, N]
+    nb = n_blocks(k, block)
+    zero_points = 0 if symmetric else n * n_blocks(nb, 8 // bits)
+    return experts * (n * nb * block * bits // 8 + 4 * n * nb + zero_points)
+
+
 def _quantize_weights(graph: Graph, weights, bits: int, block: int, symmetric: bool,
                       level: int, embeddings: bool) -> None:
     done: dict[tuple[str, str], tuple[Node, ...]] = {}

@@ -16,8 +16,10 @@ symbol of the input types but `batch` (`seq`, `tgt`, a memory length) bound to T
   T×T square even when causal). Embedding lookups, norms and elementwise ops are not counted.
   Experts run densely today (every expert on every token); the count scales the expert
   matmuls by top_k/experts, what a routed implementation does.
-- weight bytes: the parameters (not the buffers) at 4, 2, 1 and ½ bytes each (int4 without
-  its quantisation scales).
+- weight bytes: float32 and float16 at 4 and 2 bytes a parameter (not the buffers); int8 and
+  int4 exactly what `compile --weights-dtype int8|int4` stores (block 32, zero points): the
+  codes, scales and zero points of each matmul weight and expert bank, embedding tables at 8
+  bits a row, the other parameters float32 (`archc.quantize.stored_bytes`).
 - KV cache: kv_per_token values × B × T, at float32 and float16.
 - peak activations: the NumPy interpreter's live set over the optimised graph (`-O`): after
   each node, the bytes of the values it still holds (it frees a value after its last reader).
@@ -184,10 +186,14 @@ def _num(x: float) -> int | float:
 
 
 # ---------------------------------------------------------------- bytes
-def byte_stats(s: dict, batch: int, seq: int) -> dict:
-    """Weight bytes per dtype and the KV cache at batch × seq, from `param_stats` counts."""
+def byte_stats(graph: Graph, s: dict, batch: int, seq: int) -> dict:
+    """Weight bytes per dtype and the KV cache at batch × seq, from `param_stats` counts and,
+    for int8/int4, the graph's weights as quantization stores them."""
+    from archc.quantize import stored_bytes
+
     kv = s["kv_cache_bytes_per_token"]
-    return {"weight_bytes": {k: math.ceil(s["parameters"] * v) for k, v in WEIGHT_DTYPES.items()},
+    return {"weight_bytes": {k: math.ceil(s["parameters"] * v) if v >= 2 else
+                             stored_bytes(graph, int(8 * v)) for k, v in WEIGHT_DTYPES.items()},
             "kv_cache_bytes": {"batch": batch, "seq": seq,
                                **{k: v * batch * seq for k, v in kv.items()}}}
 
@@ -254,7 +260,7 @@ def full_stats(graph: Graph, seq: int = 2048, batch: int = 1, level: int = 1) ->
 
     s = param_stats(graph)
     s["flops_per_token"] = flop_stats(graph, seq)
-    s |= byte_stats(s, batch, seq)
+    s |= byte_stats(graph, s, batch, seq)
     s["peak_activation_bytes"] = activation_peak(optimize(graph, level), batch, seq) | \
         {"opt": level}
     return s

@@ -357,3 +357,25 @@ def test_the_public_api_runs_quantized_graphs_on_both_backends():
     a = archc.run(g, {"input_ids": ids}, w)["logits"]
     b = archc.Runner(g, w, "onnxruntime")({"input_ids": ids})["logits"]
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("spec", ["llama_tiny", "gpt2_small", "moe_general", "t5_small_style"])
+@pytest.mark.parametrize("dtype, symmetric", [("int4", False), ("int8", True)])
+def test_stats_weight_bytes_are_what_compile_stores(spec, dtype, symmetric, tmp_path):
+    """`archc stats`' int8/int4 weight bytes (archc.quantize.stored_bytes, from shapes) equal
+    the bytes of the weight initializers `compile --weights-dtype` writes, to the byte: tied
+    tables (both copies), expert banks, embeddings at 8 bits, float32 norms and biases."""
+    from onnx import numpy_helper
+
+    from archc.quantize import stored_bytes
+
+    out = tmp_path / "q.onnx"
+    args = ["compile", str(ROOT / "specs" / f"{spec}.arch"), "--weights-dtype", dtype, "-o",
+            str(out)] + (["--symmetric"] if symmetric else [])
+    assert main(args) == 0
+    m = onnx.load(str(out))
+    inputs = {i.name for i in m.graph.input}
+    stored = sum(numpy_helper.to_array(t).nbytes for t in m.graph.initializer
+                 if not t.name.startswith("const_") and t.name not in inputs)
+    graph = lower(archc.parse_file(ROOT / "specs" / f"{spec}.arch"))
+    assert stored_bytes(graph, int(dtype[3:]), 32, symmetric) == stored

