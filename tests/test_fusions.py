@@ -284,9 +284,9 @@ def test_attention_fuses_on_both_lowerings(case, target, monkeypatch):
     # a bias unless the mask is only the causal mask (the kernel's `causal` applies it)
     masked = kwargs.get("pad", True) or (kwargs.get("causal", True) and not causal)
     assert (len(node.inputs) >= 4) == (masked or kwargs.get("bias", False))
-    # the key mask rides along (5th input) only when the bias is causal & padding, nothing else
-    hint = causal and kwargs.get("pad", True) and not kwargs.get("bias") and not kwargs.get(
-        "window")
+    # the key mask rides along (5th input) only when the bias is causal (windowed or not) &
+    # padding, nothing else
+    hint = causal and kwargs.get("pad", True) and not kwargs.get("bias")
     assert (len(node.inputs) == 5) == hint
     assert node.attrs.get("window", 0) == kwargs.get("window", 0)
     assert node.attrs.get("softcap", 0.0) == kwargs.get("softcap", 0.0)

@@ -140,3 +140,34 @@ def test_incremental_if_takes_each_branch(llama, rows, new, past, ones, taken, m
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
     assert set(ran) == {taken}, ran
     _against_the_exact_lowering(graphs[True, 2], w, feeds, out, monkeypatch)
+
+
+@pytest.mark.parametrize("kind, taken", [("unpadded", {"fast"}), ("right_short", {"fast"}),
+                                         ("right", {"fast", "exact"}), ("left", {"exact"})])
+def test_a_sliding_window_takes_the_fast_path_with_local_window_size(kind, taken, monkeypatch):
+    """interleaved_local_global: its windowed layers (window 4, T = 9) pass the key mask too,
+    and the fast branch is GroupQueryAttention with local_window_size = 4 (key j > i - 4, the
+    count archc's window means); padded rows included, against the unfused graph (1e-5). A
+    padded row T - L >= 4 places past its row's end has no key at all (the mean of v), which
+    GQA does not give: with lengths (9, 6, 1) the windowed layers take the exact path (the
+    global ones still the fast one), with (9, 7, 6) every layer the fast one."""
+    module = archc.parse_file(ROOT / "specs" / "interleaved_local_global.arch")
+    plain, fused = archc.optimize(lower(module), 1), archc.optimize(lower(module), 2)
+    sdpas = [x for x in fused.nodes() if x.kind == "op" and x.op == "sdpa"]
+    assert {x.attrs.get("window", 0) for x in sdpas} == {0, 4}
+    assert all(x.inputs[-1].kind == "input" for x in sdpas)  # every layer has the mask hint
+    w = perturbed_params(plain)
+    feeds = {"input_ids": np.random.default_rng(4).integers(0, 1024, (B, T)),
+             "attention_mask": MASKS[kind] if kind in MASKS else
+             (np.arange(T)[None] < np.array([9, 7, 6])[:, None]).astype(np.int64)}
+    ref = archc.run(plain, feeds, w)["logits"]
+    model = export_onnx(fused, w)
+    windows = [a.i for n in model.graph.node if n.op_type == "If"
+               for g in n.attribute if g.name == "then_branch" for m in g.g.node
+               if m.op_type == "GroupQueryAttention" for a in m.attribute
+               if a.name == "local_window_size"]
+    assert windows == [4, 4]  # layers 0 and 2
+    out, ran = _branches(fused, w, feeds)
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+    assert set(ran) == taken, ran
+    _against_the_exact_lowering(fused, w, feeds, out, monkeypatch)

@@ -23,8 +23,8 @@ SEQ2SEQ = ("bart", "marian", "mbart", "mt5", "pegasus", "t5")
 SPEC = {s.stem: s for s in SPECS}
 # bundled specs that decode through a KV cache, and those whose cache form is refused (why)
 CACHED = {"custom_attention", "fid", "gpt2_small", "gptj_parallel", "interleaved_local_global",
-          "llama_tiny", "pondernet", "sandwich", "scale_norm", "t5_small_style"}
-NO_CACHE_FORM = {"moe_general": "moe_balance_loss", "retro": "attention mask"}
+          "llama_tiny", "moe_general", "pondernet", "sandwich", "scale_norm", "t5_small_style"}
+NO_CACHE_FORM = {"retro": "attention mask"}
 # features the derived inputs must exercise: (case, words in one feature line)
 EXPECTED = [("interleaved_local_global", "seq 11 > sliding window 4"),
             ("interleaved_local_global", "seq 11 > KV cache window 4"),

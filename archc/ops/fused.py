@@ -234,8 +234,9 @@ def _scores(qg, k, mask, rows, cols):
     scale, softcap, bias, causal, window = mask
     (r0, r1), (c0, c1) = rows, cols
     b_, kv, g, _, d = qg.shape
-    qs = qg[:, :, :, r0:r1].reshape(b_, kv, g * (r1 - r0), d) * np.float32(scale)  # q is smaller
-    s = np.matmul(qs, np.swapaxes(k[:, :, c0:c1], -1, -2)).reshape(b_, kv, g, r1 - r0, c1 - c0)
+    s = np.matmul(qg[:, :, :, r0:r1].reshape(b_, kv, g * (r1 - r0), d),
+                  np.swapaxes(k[:, :, c0:c1], -1, -2)).reshape(b_, kv, g, r1 - r0, c1 - c0)
+    s *= np.float32(scale)
     if softcap:
         s = np.tanh(s / np.float32(softcap)) * np.float32(softcap)
     if bias is not None:

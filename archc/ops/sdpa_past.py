@@ -172,16 +172,22 @@ def padded_self_attention(b, args, exact, scale=1.0, softcap=0.0, causal=False, 
 
     GQA's causal=1 hides the keys after each query and seqlens_k those at or past L, for every
     query row, padded ones too (they see keys 0..L-1, as the bias says), and with L >= 1 no
-    row is empty: the [B, H, T, T] bias add and the empty-row patch go. A left-padded row (or
-    an empty one) takes exact(). None when GQA cannot run it (a window, Tq != Tk, head sizes)."""
+    row is empty: the [B, H, T, T] bias add and the empty-row patch go. A sliding window is
+    GQA's local_window_size (key j > i - window: the same count); a padded row then has no key
+    when T - L >= window, so that batch takes exact(), as a left-padded row (or an empty one)
+    does. None when GQA cannot run it (Tq != Tk, head sizes)."""
     q, k, v, bias, mask = args
     (_, h, tq, d), (_, kv, tk, dv) = b.type_of(q).shape, b.type_of(v).shape
-    if not FAST_PATHS or not causal or window or tq != tk or d % 8 or dv != d:
+    if not FAST_PATHS or not causal or tq != tk or d % 8 or dv != d:
         return None
     ok, seqlens, total = _right_padded(b, mask)
+    if window:  # a padded query row sees keys (i - window, L): none when T - L >= window
+        pad = b.op("Sub", total, b.op("ReduceMin", seqlens, keepdims=0))  # T - min(L) + 1
+        ok = b.op("And", ok, b.op("LessOrEqual", pad, _i32(b, window)))
     _full_bias(b, bias, q, k), _row_ok(b, bias)  # the exact branch's shared values, outside
     attrs = {"num_heads": h, "kv_num_heads": kv, "scale": float(scale), "causal": 1,
-             **({"softcap": float(softcap)} if softcap else {})}
+             **({"softcap": float(softcap)} if softcap else {}),
+             **({"local_window_size": int(window)} if window else {})}
 
     def gqa():  # [B, T, H*D]
         # an empty past ([B, KV, 0, D], sliced off k) and named presents (then unused):

@@ -169,10 +169,11 @@ class Sdpa(Rule):
 
     def _key_mask(self, m) -> Node | None:
         """M when the bias is where(causal_mask & padding_mask(M), 0, lowest) over positions
-        0..T-1, T = len(q) = len(k) = M.shape[1] (no additive bias, no window): a hint for the
-        lowering, which runs GroupQueryAttention with lengths when M is right-padded."""
+        0..T-1, T = len(q) = len(k) = M.shape[1] (no additive bias; a window is the op's own):
+        a hint for the lowering, which runs GroupQueryAttention with lengths (and its
+        local_window_size) when M is right-padded."""
         q, k = m["q"], m["k"]
-        mask = _key_mask(m, lambda c: _op(c, "causal_mask") and causal_window(c) == (True, 0))
+        mask = _key_mask(m, lambda c: _op(c, "causal_mask") and causal_window(c)[0])
         ok = mask is not None and mask.type.shape[1] == k.type.shape[2] == q.type.shape[2]
         return mask if ok else None
 
