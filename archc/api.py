@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from archc.backends.numpy_interp import run_graph
+from archc.backends.numpy_interp import run_bound
 from archc.frontend import ast
 from archc.frontend import parse as _parse
 from archc.inputs import validate
@@ -51,7 +51,9 @@ def run(graph: Graph, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarr
     """Run `graph` on `inputs` with `weights` (default: seeded init). The inputs are checked
     and converted by `archc.inputs.validate` before either backend runs (extra arrays are
     ignored; `token_type_ids` and masks may be left out), so both backends accept and refuse
-    the same inputs with the same error."""
+    the same inputs with the same error. Either backend is prepared once per graph and weight
+    arrays (a bound NumPy plan, an onnxruntime session) and reused: after changing a weight
+    array in place, call `archc.backends.ort.clear_session_cache()`."""
     if backend not in ("numpy", "onnxruntime"):
         raise ValueError(f"unknown backend `{backend}` (numpy or onnxruntime)")
     feeds = validate(graph, inputs)
@@ -62,8 +64,8 @@ def run(graph: Graph, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarr
     check_weights(graph, weights, "the given weights")
     weights = {k: np.asarray(weights[k], np.float32) if p.type.dtype == "float32"
                else np.asarray(weights[k]) for k, p in graph.params.items()}  # codes stay ints
-    if backend == "numpy":
-        return run_graph(graph, feeds, weights)
+    if backend == "numpy":  # compiled and bound once per graph and weights
+        return run_bound(graph, feeds, weights)
     from archc.backends.ort import run_cached
 
     return run_cached(graph, feeds, weights)  # exported and built once per graph and weights

@@ -179,3 +179,22 @@ def test_kernels_return_new_arrays(op):
     attrs = {"axis": -1} if op in ("cumsum", "softmax") else {}
     out = OPS[op].numpy(x, **attrs)
     assert out.dtype == np.float32 and not np.shares_memory(out, x)
+
+
+def test_archc_run_binds_a_plan_once_per_graph_and_weights(monkeypatch):
+    """archc.run on NumPy binds once (packed weights concatenated once, not every call), and
+    new weight arrays make a new plan; the numbers equal a fresh unbound run."""
+    graph = archc.compile(ROOT / "specs" / "llama_tiny.arch", level=2)
+    w = archc.init_params(graph, 0)
+    ids = np.random.default_rng(1).integers(0, 1024, (2, 5))
+    calls = []
+    real = numpy_interp.bind
+    monkeypatch.setattr(numpy_interp, "bind", lambda p, w: calls.append(1) or real(p, w))
+    outs = [archc.run(graph, {"input_ids": ids}, w)["logits"] for _ in range(3)]
+    assert len(calls) == 1
+    other = {k: v * 1.5 for k, v in w.items()}
+    moved = archc.run(graph, {"input_ids": ids}, other)["logits"]
+    assert len(calls) == 2 and np.abs(moved - outs[0]).max() > 1e-3
+    fresh = numpy_interp.run_graph(graph, validate(graph, {"input_ids": ids}), w)["logits"]
+    for out in outs:
+        np.testing.assert_array_equal(out, fresh)

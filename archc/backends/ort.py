@@ -55,7 +55,9 @@ def run_onnx(model: onnx.ModelProto | bytes, inputs: dict[str, np.ndarray],
 _SESSIONS: OrderedDict[tuple, tuple] = OrderedDict()  # key -> (graph ref, weights, session)
 
 
-def _key(graph: Graph, weights: dict[str, np.ndarray], provider, threads) -> tuple:
+def cache_key(graph: Graph, weights: dict[str, np.ndarray], provider, threads) -> tuple:
+    """What a cached session (or bound NumPy plan) stands for: the graph as it is now and the
+    identity of each weight array it reads."""
     structure = hash((tuple(n.id for n in graph.nodes()),
                       tuple((k, v.id) for k, v in graph.outputs.items())))
     arrays = tuple((name, id(weights[name])) for name in sorted(graph.params))
@@ -65,7 +67,7 @@ def _key(graph: Graph, weights: dict[str, np.ndarray], provider, threads) -> tup
 def cached_session(graph: Graph, weights: dict[str, np.ndarray], provider: str | None = None,
                    threads: int | None = None):
     """The onnxruntime session of `graph` with `weights`, exported and built on first use."""
-    key = _key(graph, weights, provider, threads)
+    key = cache_key(graph, weights, provider, threads)
     hit = _SESSIONS.get(key)
     if hit is not None and hit[0]() is graph:
         _SESSIONS.move_to_end(key)
@@ -86,4 +88,8 @@ def run_cached(graph: Graph, inputs: dict[str, np.ndarray], weights: dict[str, n
 
 
 def clear_session_cache() -> None:
+    """Forget every cached session and bound NumPy plan (archc.backends.numpy_interp)."""
+    from archc.backends.numpy_interp import _BOUND
+
     _SESSIONS.clear()
+    _BOUND.clear()
