@@ -91,10 +91,6 @@ def cmd_compile(args) -> int:
     from archc.backends.onnx_save import save_models
 
     if args.dtype == "float16":  # the graph computes in float16 (archc/backends/onnx_fp16.py)
-        if args.genai or args.triton:
-            raise ArchcError([Diagnostic("E0400", "`--dtype float16` writes `-o FILE.onnx` "
-                                         "only, not `--genai` or `--triton` folders",
-                                         help="compile with `-o FILE.onnx --dtype float16`")])
         from archc.backends.onnx_fp16 import save_float16 as save_models
     if args.genai:  # the KV-cache decoder and its genai_config.json, in one folder
         return lazy("archc.serving", "cmd_genai")(args)

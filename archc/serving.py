@@ -272,9 +272,23 @@ def _mkdir(path: Path) -> None:
         raise cannot_write(path, (e.strerror or str(e)).lower()) from None
 
 
+def _export(args, graph, weights):
+    """The model as `compile` writes it: `--weights-dtype`, and with `--dtype float16` computing
+    in float16 (inputs and outputs, the KV cache's included, stay float32: genai and Triton
+    read the file's own types)."""
+    from archc.backends.onnx_export import export_onnx
+    from archc.cli import _stored
+
+    if getattr(args, "dtype", "float32") == "float16":
+        from archc.backends.onnx_fp16 import export_float16
+
+        return export_float16(*_stored(args, graph, weights))
+    return export_onnx(*_stored(args, graph, weights))
+
+
 def cmd_genai(args) -> int:
-    from archc.backends.onnx_export import export_onnx, model_bytes
-    from archc.cli import _graph, _stored, _weights
+    from archc.backends.onnx_export import model_bytes
+    from archc.cli import _graph, _weights
     from archc.cli_view import spec_module as _module
     from archc.files import write_files
 
@@ -283,7 +297,7 @@ def cmd_genai(args) -> int:
     module = _module(args)
     graph = _graph(args, cache=True)
     config = genai_config(graph, plain, {module.path: module.source})
-    model = export_onnx(*_stored(args, graph, _weights(args, graph)))
+    model = _export(args, graph, _weights(args, graph))
     out = Path(args.genai)
     _mkdir(out)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
@@ -347,14 +361,13 @@ def triton_models(args) -> dict[str, tuple[Graph, dict]]:
 
 
 def cmd_triton(args) -> int:
-    from archc.backends.onnx_export import export_onnx, model_bytes
-    from archc.cli import _stored
+    from archc.backends.onnx_export import model_bytes
     from archc.files import write_files
 
     root = Path(args.triton)
     files: dict = {}
     for name, (graph, weights) in triton_models(args).items():
-        model = export_onnx(*_stored(args, graph, weights))
+        model = _export(args, graph, weights)
         files[root / name / "config.pbtxt"] = pbtxt(name, model).encode()
         files[root / name / "1" / "model.onnx"] = model_bytes(model)
     for path in files:

@@ -324,9 +324,7 @@ def test_external_data(tmp_path, monkeypatch):
                                   inline)
 
 
-def test_refusals(tmp_path, capsys):
-    assert main(["compile", LLAMA, "--genai", str(tmp_path / "g"), "--dtype", "float16"]) == 1
-    assert "error[E0400]" in capsys.readouterr().err
+def test_refusals():
     g = _graph(LLAMA, 2)
     w = perturbed_params(g)
     w["lm_head.weight"] = w["lm_head.weight"] * np.float32(1e6)

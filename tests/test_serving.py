@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import onnxruntime_genai as og
 import pytest
 from conftest import ROOT
@@ -67,6 +68,27 @@ def test_genai_generates_archc_greedy_tokens(family, imported, tmp_path, capsys)
     stop = next((i + 1 for i in range(3, len(want)) if want[i] == eos), len(want))
     assert stop == len(want)  # no early stop: the comparison covers every step
     assert _genai_generate(out) == want
+
+
+def test_genai_serves_a_float16_model(imported, tmp_path):
+    """`--genai DIR --dtype float16`: genai runs the float16 file as is (its inputs and outputs,
+    the cache's included, stay float32) and its greedy tokens are the file's own: plain
+    onnxruntime, greedy over full recomputation, from the same file."""
+    out = tmp_path / "genai16"
+    assert main(["compile", *_args(imported / "llama"), "--genai", str(out), "--dtype",
+                 "float16"]) == 0
+    model = onnx.load(str(out / "model.onnx"))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.array([[int(t) for t in PROMPT.split(",")]], np.int64)
+    for _ in range(STEPS):  # an empty cache each time: the whole sequence in one pass
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        for i in sess.get_inputs():
+            if i.name.startswith("past_key_values."):
+                feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+        logits = sess.run(["logits"], feeds)[0]
+        ids = np.concatenate([ids, logits[:, -1:].argmax(-1)], axis=1)
+    assert _genai_generate(out) == ids[0].tolist()
 
 
 def test_genai_batch_of_two_prompts(imported, tmp_path, capsys):
@@ -269,10 +291,14 @@ def _check_model(folder, name):
     return graph
 
 
-def test_triton_repository_of_a_decoder_with_past(imported, tmp_path, capsys):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_triton_repository_of_a_decoder_with_past(dtype, imported, tmp_path, capsys):
+    """Both models, their config.pbtxt checked against the file's own IO (float32 either way;
+    float16 weights inside with `--dtype float16`), and the with-past model equal to the plain
+    one (1e-5; 1e-2 of the logit scale in float16, whose two files round differently)."""
     repo = tmp_path / "repo"
     assert main(["compile", *_args(imported / "llama"), "--triton", str(repo),
-                 "--kv-cache"]) == 0
+                 "--kv-cache", "--dtype", dtype]) == 0
     assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*") if p.is_file()) == [
         "llama/1/model.onnx", "llama/config.pbtxt", "llama_with_past/1/model.onnx",
         "llama_with_past/config.pbtxt"]
@@ -288,7 +314,11 @@ def test_triton_repository_of_a_decoder_with_past(imported, tmp_path, capsys):
     empty = {v.name: np.zeros((1, 2, 0, 8), np.float32) for v in past.input[2:]}
     step = ort.InferenceSession(str(repo / "llama_with_past" / "1" / "model.onnx")).run(
         ["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids), **empty})[0]
-    np.testing.assert_allclose(step, full, atol=1e-5)
+    half = {t.data_type for t in onnx.load(str(repo / "llama" / "1" / "model.onnx"))
+            .graph.initializer} >= {onnx.TensorProto.FLOAT16}
+    assert half == (dtype == "float16")
+    np.testing.assert_allclose(step, full, atol=1e-5 if dtype == "float32" else
+                               1e-2 * np.abs(full).max())
 
 
 def test_triton_repository_of_an_encoder_decoder(tmp_path):
