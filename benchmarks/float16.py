@@ -15,7 +15,9 @@ convert inside the kernels, so float16 may well be slower there; the file is hal
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -26,20 +28,8 @@ from archc.backends.onnx_fp16 import export_float16
 from archc.lower import lower
 from archc.weights import init_params
 
-SPEC = """
-model llama_bench {
-  let vocab = 32000, d = 512, heads = 8, kv = 2, ff = 1408, layers = 8, eps = 1e-6
-  input input_ids: int64[batch, seq]
-  input attention_mask: int64[batch, seq]
-  x = embed(input_ids, vocab, d) as embed_tokens
-  repeat layers as layers {
-    x = x + attention(rms_norm(x, eps) as input_norm, heads, kv_heads = kv, causal,
-                      mask = attention_mask, rope = rope(theta = 10000), bias = false) as self_attn
-    x = x + swiglu(rms_norm(x, eps) as post_attention_norm, ff) as mlp
-  }
-  output logits = lm_head(rms_norm(x, eps) as norm, vocab)
-}
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quantized_decode import SPEC  # the benchmark LLaMA, one text
 
 
 def _session(data: bytes, threads: int):
