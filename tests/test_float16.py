@@ -339,3 +339,36 @@ def test_the_fp32_export_is_untouched():
     before = model_bytes(model)
     fp16.convert_float16(model)
     assert model_bytes(model) == before
+
+
+@pytest.mark.parametrize("spec", sorted((ROOT / "specs").glob("*.arch")), ids=lambda p: p.stem)
+def test_every_bundled_spec_computes_in_float16(spec):
+    """Every bundled spec at -O2 in float16 against NumPy float32 at -O0, on `archc verify`'s
+    derived inputs (a sequence past every window and memory bound, an unpadded, a left- and a
+    right-padded row, every expert hit): finite everywhere, cosine >= COSINE and within 2 REL
+    of each output's scale (T5-style and classifier outputs, whose scale is small against their
+    activations', reach 1.5 REL), and the same argmax on every real token whose float32 top-1
+    leads its runner-up by more than twice the largest error (random weights make near-ties,
+    which any rounding may flip)."""
+    from archc.inputs import validate
+    from archc.verify_inputs import derive
+
+    module = api.parse_file(spec)
+    plain = api.optimize(lower(module), 0)
+    w = perturbed_params(plain)
+    feeds = validate(plain, derive(plain).inputs)
+    ref = api.run(plain, feeds, w)
+    fused = api.optimize(lower(module), 2)
+    got = _run(_session(fp16.export_float16(fused, {k: w[k] for k in fused.params})), feeds)
+    for name, want in ref.items():
+        a, b = got[name].ravel().astype(np.float64), want.ravel().astype(np.float64)
+        assert np.isfinite(a).all(), name
+        assert a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30) >= COSINE, name
+        assert np.abs(a - b).max() <= 2 * REL * max(np.abs(b).max(), 1e-6), name
+    if "logits" in ref and feeds.get("attention_mask", ref["logits"]).shape == \
+            ref["logits"].shape[:-1]:
+        top2 = np.sort(ref["logits"], axis=-1)[..., -2:]
+        err = np.abs(got["logits"] - ref["logits"]).max()
+        sure = feeds["attention_mask"].astype(bool) & (top2[..., 1] - top2[..., 0] > 2 * err)
+        assert sure.mean() > 0.5  # most tokens are decided
+        assert (got["logits"].argmax(-1) == ref["logits"].argmax(-1))[sure].all()
