@@ -55,11 +55,11 @@ def _int(v) -> bool:
 def check_fact(key: str, value) -> str | None:
     """What serving fact `key` (one of FACT_KEYS) should be, when `value` (a compile-time
     value: an int, or a tuple or list of them) is not that; None when it is."""
-    if key == "context_length":
-        return None if _int(value) and value > 0 else "a positive integer"
+    if key == "context_length":  # genai and Triton read int32
+        return None if _int(value) and 0 < value < 2**31 else "a positive integer below 2^31"
     ids = value if isinstance(value, tuple | list) else (value,)
-    ok = bool(ids) and all(_int(i) and i >= 0 for i in ids)
-    return None if ok else "a token id (an integer >= 0) or a non-empty list of them"
+    ok = bool(ids) and all(_int(i) and 0 <= i < 2**31 for i in ids)
+    return None if ok else "a token id (an integer in 0..2^31-1) or a non-empty list of them"
 
 
 def literal(v) -> str | None:

@@ -132,16 +132,18 @@ def test_a_fact_given_twice():
     ("[]", "[]", "a token id", 26, 2),
     ("[2, -3, 4]", "[2, -3, 4]", "a token id", 30, 2),  # the bad id of a list
     ('"2"', '"2"', "a token id", 26, 3),
+    ("2 ** 31", "2147483648", "a token id", 26, 7),  # genai and Triton read int32
 ])
 def test_a_bad_token_id_is_pointed_at(value, shown, want, col, width):
     err = _errors(_spec(f"serving eos_token_id = {value}"))
-    assert f"error[E0601]: serving fact `eos_token_id` is {shown}, not {want} (an integer >= 0) " \
-        "or a non-empty list of them" in err
+    assert f"error[E0601]: serving fact `eos_token_id` is {shown}, not {want} (an integer in " \
+        "0..2^31-1) or a non-empty list of them" in err
     assert f"s.arch:2:{col}\n" in err and "  |" + " " * col + "^" * width + " " in err
 
 
 @pytest.mark.parametrize("value, shown", [("0", "0"), ("n - 8", "-4"), ("[64]", "[64]"),
-                                          ("z", "tensor"), ("dim(z, 0)", "batch")])
+                                          ("z", "tensor"), ("dim(z, 0)", "batch"),
+                                          ("2 ** 100", "1267650600228229401496703205376")])
 def test_a_bad_context_length(value, shown):
     err = _errors(_spec("let n = 4", "input z: float32[batch, 4]",
                         f"serving context_length = {value}"))
