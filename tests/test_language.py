@@ -400,3 +400,20 @@ def test_compile_time_random_features_have_a_work_budget():
     assert text != (ROOT / "specs" / "performer.arch").read_text()
     with pytest.raises(ArchcError, match=r"QR factorisations of 16024 x 16024 .*over the limit"):
         lower(archc.parse(text, "performer.arch"))
+
+
+def test_key_positions_on_a_tensor_without_its_axis_is_a_diagnostic():
+    """A fuzzed FiD (seed 43000006136: `input_ids` declared twice, the first [batch, seq]) fed
+    `key_positions` keys of rank 2; it read shape[2] and crashed (E0900). Now: E0201 at the
+    call, and the library's own axis = 1 use (relative_bias on [B, T, d]) still lowers."""
+    text = """
+model m {
+  input x: float32[batch, 8]
+  output y = key_positions(x, axis = 2)
+}
+"""
+    with pytest.raises(ArchcError) as e:
+        lower(archc.parse(text))
+    assert "error[E0201]: the keys f32[batch,8] have no sequence axis 2" in str(e.value)
+    assert "E0900" not in str(e.value)
+    lower(archc.parse_file(SPECS / "t5_small_style.arch"))  # relative_bias: axis = 1 on 3-D

@@ -98,9 +98,9 @@ def positions(b, x, axis):
 @layer("key_positions", 1, Arg("k", T), Arg("axis", "int", 2), owns=False,
        doc="positions of the keys k [B,H,S,D] (with a cache: past and new ones)")
 def key_positions(b, k, axis):
-    mask = _window_mask(b, k)
+    mask = _window_mask(b, k, axis)
     if mask is not None:
-        return b.op("tail", b.positions(mask, axis=1), k, axis=0, ref_axis=2)
+        return b.op("tail", b.positions(mask, axis=1), k, axis=0, ref_axis=axis % k.type.rank)
     return b.key_positions(k, axis)
 
 
@@ -110,8 +110,11 @@ def key_mask(b, mask, k):
     return mask if _window_mask(b, k) is None else b.op("tail", mask, k, axis=1, ref_axis=2)
 
 
-def _window_mask(b: LayerBuilder, k: Node) -> Node | None:
-    d = k.type.shape[2]
+def _window_mask(b: LayerBuilder, k: Node, axis: int = 2) -> Node | None:
+    if not -k.type.rank <= axis < k.type.rank:
+        b.fail("E0201", f"the keys {k.type} have no sequence axis {axis}", "here",
+               help="the keys are [batch, heads, seq, dim] (seq on axis 2) unless `axis` says")
+    d = k.type.shape[axis]
     if not (isinstance(d, str) and d.startswith("past_window")):
         return None
     seq = d.split("+", 1)[1]
