@@ -272,17 +272,19 @@ def _mkdir(path: Path) -> None:
         raise cannot_write(path, (e.strerror or str(e)).lower()) from None
 
 
-def _export(args, graph, weights):
+def _export(args, graph, weights, half_cache: bool = False):
     """The model as `compile` writes it: `--weights-dtype`, and with `--dtype float16` computing
-    in float16 (inputs and outputs, the KV cache's included, stay float32: genai and Triton
-    read the file's own types)."""
+    in float16. Its inputs and outputs stay float32 but for, with `half_cache`, the KV cache
+    (genai keeps the cache itself, in the file's own type: half the memory, no cast a step)."""
     from archc.backends.onnx_export import export_onnx
     from archc.cli import _stored
 
     if getattr(args, "dtype", "float32") == "float16":
         from archc.backends.onnx_fp16 import export_float16
 
-        return export_float16(*_stored(args, graph, weights))
+        cache = [n for n in (*graph.inputs, *graph.outputs)
+                 if n.startswith(("past_key_values.", "present."))] if half_cache else []
+        return export_float16(*_stored(args, graph, weights), half_io=cache)
     return export_onnx(*_stored(args, graph, weights))
 
 
@@ -297,7 +299,7 @@ def cmd_genai(args) -> int:
     module = _module(args)
     graph = _graph(args, cache=True)
     config = genai_config(graph, plain, {module.path: module.source})
-    model = _export(args, graph, _weights(args, graph))
+    model = _export(args, graph, _weights(args, graph), half_cache=True)
     out = Path(args.genai)
     _mkdir(out)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"

@@ -71,9 +71,9 @@ def test_genai_generates_archc_greedy_tokens(family, imported, tmp_path, capsys)
 
 
 def test_genai_serves_a_float16_model(imported, tmp_path):
-    """`--genai DIR --dtype float16`: genai runs the float16 file as is (its inputs and outputs,
-    the cache's included, stay float32) and its greedy tokens are the file's own: plain
-    onnxruntime, greedy over full recomputation, from the same file."""
+    """`--genai DIR --dtype float16`: genai runs the float16 file as is, its KV cache in
+    float16 (the other inputs and outputs stay float32), and its greedy tokens are the file's
+    own: plain onnxruntime, greedy over full recomputation, from the same file."""
     out = tmp_path / "genai16"
     assert main(["compile", *_args(imported / "llama"), "--genai", str(out), "--dtype",
                  "float16"]) == 0
@@ -85,7 +85,8 @@ def test_genai_serves_a_float16_model(imported, tmp_path):
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         for i in sess.get_inputs():
             if i.name.startswith("past_key_values."):
-                feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+                assert i.type == "tensor(float16)"
+                feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float16)
         logits = sess.run(["logits"], feeds)[0]
         ids = np.concatenate([ids, logits[:, -1:].argmax(-1)], axis=1)
     assert _genai_generate(out) == ids[0].tolist()
