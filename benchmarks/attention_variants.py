@@ -19,6 +19,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from archc.backends.ort import cpu_session
+
 H, KV, D = 8, 2, 64  # the LLaMA-shaped benchmark model: hidden 512, GQA 8/2
 G = H // KV
 LOWEST = float(np.finfo(np.float32).min)
@@ -176,14 +178,6 @@ VARIANTS = {
 }
 
 
-def _session(blob: bytes, threads: int):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-
-
 def _feeds(t: int, pad: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     keep = np.tril(np.ones((t, t), bool))
@@ -217,7 +211,7 @@ def main() -> None:
         sessions, times, errs = {}, {}, {}
         for name, make in VARIANTS.items():
             try:
-                sess = _session(make(), args.threads)
+                sess = cpu_session(make(), args.threads)
             except Exception as e:  # an op this onnxruntime build lacks: say so
                 print(f"  {name:36s} failed: {str(e).splitlines()[0][:90]}")
                 continue

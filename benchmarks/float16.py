@@ -20,22 +20,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from archc import api
 from archc.backends.onnx_export import export_onnx, model_bytes
 from archc.backends.onnx_fp16 import export_float16
+from archc.backends.ort import cpu_session
 from archc.lower import lower
 from archc.weights import init_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantized_decode import SPEC  # the benchmark LLaMA, one text
-
-
-def _session(data: bytes, threads: int):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.log_severity_level = threads, 3
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
 def _feeds(graph, ids: np.ndarray, past: dict | None) -> dict:
@@ -57,7 +51,7 @@ def main() -> None:
     weights = init_params(graph, 0)
     files = {"fp32": model_bytes(export_onnx(graph, weights)),
              "fp16": model_bytes(export_float16(graph, weights))}
-    sessions = {k: _session(v, args.threads) for k, v in files.items()}
+    sessions = {k: cpu_session(v, args.threads) for k, v in files.items()}
     ids = np.random.default_rng(0).integers(0, 32000, (1, args.seq))
     nxt = np.array([[7]])
     times = {(k, what): [] for k in sessions for what in ("prefill", "decode")}

@@ -30,11 +30,12 @@ import onnxruntime as ort
 
 import archc
 from archc.backends.onnx_export import export_onnx, model_bytes
+from archc.backends.ort import cpu_session
 from archc.lower import lower
 from archc.quantize import quantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantized_decode import _session, decode_feeds  # one prefill helper
+from quantized_decode import decode_feeds  # one prefill helper
 
 SPEC = """
 model moe_decode {
@@ -82,11 +83,11 @@ def main() -> None:
     rows, ref = {}, None
     for name in VARIANTS:  # size and quality: one full-sequence run each
         blob = export(False, name, weights)
-        logits = _session(blob, args.threads).run(["logits"], feeds)[0]
+        logits = cpu_session(blob, args.threads).run(["logits"], feeds)[0]
         ref = logits if ref is None else ref
         rows[name] = (len(blob) / 1e6, float(np.abs(logits - ref).max()),
                       float((logits.argmax(-1) == ref.argmax(-1)).mean()))
-    sessions = {name: _session(export(True, name, weights), args.threads) for name in VARIANTS}
+    sessions = {name: cpu_session(export(True, name, weights), args.threads) for name in VARIANTS}
     step = {name: decode_feeds(s, args.past, np.random.default_rng(2), 4096)
             for name, s in sessions.items()}
     times = {name: [] for name in VARIANTS}

@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import archc
 from archc.backends.onnx_export import export_onnx, model_bytes
+from archc.backends.ort import cpu_session
 from archc.ir.graph import Graph
 from archc.ir.types import TensorType
 from archc.lower import lower
@@ -53,14 +54,6 @@ model moe_bench {{
   output logits = lm_head(rms_norm(x) as norm, vocab)
 }}
 """
-
-
-def _session(blob: bytes, threads: int):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
 
 
 def graphs() -> dict[str, Graph]:
@@ -92,7 +85,7 @@ def _row(label, best: dict[str, float], width: int = 26) -> str:
 
 
 def time_models(gs: dict[str, Graph], weights, seqs, numpy_seqs, threads: int, reps: int):
-    sessions = {n: _session(model_bytes(export_onnx(g, weights, check=False)), threads)
+    sessions = {n: cpu_session(model_bytes(export_onnx(g, weights, check=False)), threads)
                 for n, g in gs.items()}
     print(f"\nonnxruntime, CPU EP, {threads} threads\n{'T':>8}  "
           + "  ".join(f"{n:>26}" for n in sessions))
@@ -148,10 +141,10 @@ def time_layer(t: int, threads: int, reps: int) -> None:
     x = rng.standard_normal((t, D)).astype(np.float32)
     logits = rng.standard_normal((t, E)).astype(np.float32)
     gates = OPS["moe_gates"].numpy(logits, k=K)
-    chain = _session(model_bytes(export_onnx(_moe_layer_graph(t), {"w1": w1, "w3": w3,
+    chain = cpu_session(model_bytes(export_onnx(_moe_layer_graph(t), {"w1": w1, "w3": w3,
                                                                   "w2": w2}, check=False)),
                      threads)
-    ms = _session(_ms_moe(t, w1, w3, w2), threads)
+    ms = cpu_session(_ms_moe(t, w1, w3, w2), threads)
     feeds = {"x": x[None], "gates": gates[None]}
     every = {"x": x[None], "gates": OPS["softmax"].numpy(logits, axis=-1)[None]}
     diff = np.abs(chain.run(None, feeds)[0][0] - ms.run(None, {"x": x, "logits": logits})[0])

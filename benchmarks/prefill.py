@@ -39,6 +39,7 @@ import onnxruntime as ort
 
 import archc
 from archc.backends.onnx_export import export_onnx, model_bytes
+from archc.backends.ort import cpu_session
 from archc.ops import fused, sdpa_past
 
 SPEC = """
@@ -60,14 +61,6 @@ model llama_bench {{
 def spec(mask: bool) -> str:
     return SPEC.format(mask_input="input attention_mask: int64[batch, seq]" if mask else "",
                        mask_arg="mask = attention_mask," if mask else "")
-
-
-def _session(blob: bytes, threads: int):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
 
 
 def builds(mask: bool) -> tuple[dict[str, bytes], tuple]:
@@ -143,7 +136,7 @@ def decode_builds(mask: bool) -> dict[str, bytes]:
 
 
 def time_decode(past: list[int], mask: bool, threads: int, reps: int) -> None:
-    sessions = {n: _session(b, threads) for n, b in decode_builds(mask).items()}
+    sessions = {n: cpu_session(b, threads) for n, b in decode_builds(mask).items()}
     print(f"\ndecode: 1 token after P cached ones\n{'P':>6}  "
           + "  ".join(f"{name:>26}" for name in sessions))
     for p in past:
@@ -202,7 +195,7 @@ def time_rotary(threads: int, reps: int) -> None:
         cos, sin = np.cos(ang), np.sin(ang)
         feeds = {"onnx": {"x": x, "cos": cos[None], "sin": sin[None]},
                  "ms": {"x": x, "pos": np.arange(t)[None], "cos": cos, "sin": sin}}
-        sessions = {k: _session(_rotary_model(k, r, inter), threads) for k in feeds}
+        sessions = {k: cpu_session(_rotary_model(k, r, inter), threads) for k in feeds}
         outs = [sessions[k].run(None, feeds[k])[0] for k in feeds]
         assert np.abs(outs[0] - outs[1]).max() < 1e-5
         best = dict.fromkeys(feeds, np.inf)
@@ -228,7 +221,7 @@ def main() -> None:
     print(f"onnxruntime {ort.__version__}, CPU EP, {args.threads} threads, batch 1, float32, "
           f"{'causal + padding mask' if args.mask else 'causal mask only'}")
     blobs, graphs = builds(args.mask)
-    sessions = {name: _session(blob, args.threads) for name, blob in blobs.items()}
+    sessions = {name: cpu_session(blob, args.threads) for name, blob in blobs.items()}
     print(f"\n{'T':>6}  " + "  ".join(f"{name:>26}" for name in sessions))
     for t in map(int, args.seqs.split(",")):
         feeds = _feeds(t, args.mask)

@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import archc
 from archc.backends.onnx_export import export_onnx, model_bytes
+from archc.backends.ort import cpu_session
 from archc.lower import lower
 from archc.ops import quant
 from archc.quantize import quantize
@@ -112,14 +113,6 @@ def _to_dequantize_linear(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _session(blob: bytes, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-
-
 def quality(logits: np.ndarray, ref: np.ndarray, ids: np.ndarray) -> tuple[float, float, float]:
     """(max |logit - ref|, top-1 agreement with ref, perplexity of ids[1:])."""
     x = logits[0, :-1].astype(np.float64)
@@ -162,10 +155,10 @@ def main() -> None:
     rows, ref = {}, None
     for name in names:  # quality: one full-sequence run each
         blob = export(False, name, weights, args.block)
-        logits = _session(blob, args.threads).run(["logits"], feeds)[0]
+        logits = cpu_session(blob, args.threads).run(["logits"], feeds)[0]
         ref = logits if ref is None else ref
         rows[name] = [len(blob) / 1e6, *quality(logits, ref, ids)]
-    sessions = {name: _session(export(True, name, weights, args.block), args.threads)
+    sessions = {name: cpu_session(export(True, name, weights, args.block), args.threads)
                 for name in names}
     step = {name: decode_feeds(s, args.past, np.random.default_rng(2))
             for name, s in sessions.items()}

@@ -39,8 +39,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from quantized_decode import _session  # benchmarks/ is sys.path[0] when run as a script
 
+from archc.backends.ort import cpu_session
 from archc.cli import main as archc_main
 from archc.hf import import_hf
 
@@ -110,7 +110,7 @@ def torch_logits(model, windows: np.ndarray, batch: int = 16) -> np.ndarray:
 
 
 def ort_logits(path: Path, windows: np.ndarray, threads: int, batch: int = 16) -> np.ndarray:
-    sess = _session(str(path), threads)
+    sess = cpu_session(str(path), threads)
     names = {i.name for i in sess.get_inputs()}
     out = []
     for w in np.array_split(windows, -(-len(windows) // batch)):

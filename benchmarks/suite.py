@@ -52,10 +52,10 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # be
     os.environ[var] = str(_threads())
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 
 import archc  # noqa: E402
 from archc.backends.onnx_export import export_onnx, model_bytes  # noqa: E402
+from archc.backends.ort import cpu_session  # noqa: E402
 from archc.hf import import_hf  # noqa: E402
 from archc.kvcache import Session  # noqa: E402
 from archc.lower import lower  # noqa: E402
@@ -116,14 +116,6 @@ def make_checkpoint(kind: str, folder: Path):
     return model
 
 
-def _session(blob, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
-
-
 def _run(sess, feeds):
     names = {i.name for i in sess.get_inputs()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})[0]
@@ -139,7 +131,7 @@ class Bench:
         self.graphs = {lvl: archc.optimize(lower(module), lvl) for lvl in (0, 2)}
         self.weights = archc.load_weights(self.graphs[0], str(folder / "archc" /
                                                                "model.safetensors"))
-        self.sessions = {lvl: _session(model_bytes(export_onnx(g, self.weights, check=False)),
+        self.sessions = {lvl: cpu_session(model_bytes(export_onnx(g, self.weights, check=False)),
                                        self.threads) for lvl, g in self.graphs.items()}
         self.np_weights = ref.prepare(kind, self.model)
         self.out = "last_hidden_state" if kind == "bert" else "logits"
@@ -198,7 +190,7 @@ class Bench:
         for lvl in (2, 0):
             g = archc.optimize(lower(self.module, cache=True), lvl)
             s = Session(g, self.weights, "numpy")
-            s.run._ort = _session(model_bytes(export_onnx(g, s.run.weights, check=False)),
+            s.run._ort = cpu_session(model_bytes(export_onnx(g, s.run.weights, check=False)),
                                   self.threads)  # the ORT runner, at --threads
             runs[f"archc -O{lvl}"] = _graph_stepper(s, prompt, nxt)
         s = Session(archc.optimize(lower(self.module, cache=True), 2), self.weights, "numpy")
@@ -281,7 +273,7 @@ def peers(folder: Path, python: str | None, threads: int) -> dict:
         if r.returncode or not path.exists():
             print(f"{name}: build failed ({r.stderr.strip().splitlines()[-1:]})")
             continue
-        built[name] = _session(str(path), threads)
+        built[name] = cpu_session(str(path), threads)
     return built
 
 

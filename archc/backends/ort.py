@@ -28,16 +28,23 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def session(model: onnx.ModelProto | bytes, provider: str | None = None,
+def session(model: onnx.ModelProto | bytes | str, provider: str | None = None,
             threads: int | None = None):
+    """An onnxruntime session of a model (a proto, its bytes or a file path), quiet, on
+    `provider` (default: CUDA when present, else CPU) with `threads` intra-op threads."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    data = model if isinstance(model, bytes) else model_bytes(model)
+    data = model if isinstance(model, bytes | str) else model_bytes(model)
     return ort.InferenceSession(data, opts, providers=[provider] if provider else providers())
+
+
+def cpu_session(model: onnx.ModelProto | bytes | str, threads: int):
+    """`session` on the CPU EP at `threads` threads: what the benchmarks time."""
+    return session(model, "CPUExecutionProvider", threads)
 
 
 def _run(sess, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
