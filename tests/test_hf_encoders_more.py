@@ -12,9 +12,10 @@ import shutil
 import numpy as np
 import pytest
 from conftest import ROOT
+from test_hf_encoders_new import _load  # one loader of an imported fixture
 
 import archc
-from archc.hf import import_checkpoint, import_hf
+from archc.hf import import_checkpoint
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 CONV_LAYER = ("    if layers == 0 {  # the convolution layer, after the first layer only "
@@ -27,15 +28,8 @@ PATTERN = "let full_attention = [false, true, true, false, true]"
 def _error(name: str, tmp_path, edit=None) -> float:
     """max |logits - transformers'| over the real tokens, per backend, of the imported spec
     (or of `edit(spec)`, with the imported weights it still uses)."""
-    spec = import_hf(FIXTURES / name, tmp_path / name).spec
-    full = archc.lower(archc.parse(spec, f"{name}.arch"))
-    w = archc.load_weights(full, str(tmp_path / name / "model.safetensors"))
-    g = full if edit is None else archc.lower(archc.parse(edit(spec), f"{name}.arch"))
-    w = {k: v for k, v in w.items() if k in g.params}
-    ref = np.load(FIXTURES / name / "reference.npz")
-    real = ref["attention_mask"].astype(bool)
+    g, w, ref, feeds, real = _load(name, tmp_path, edit)
     assert not real.all()  # a padded row
-    feeds = {k: ref[k] for k in ref.files if k in g.inputs}
     return max(np.abs(archc.run(g, feeds, w, backend=b)["logits"] - ref["logits"])[real].max()
                for b in (("numpy", "onnxruntime") if edit is None else ("numpy",)))
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 from safetensors.numpy import load_file, save_file
+from test_hf_stats import GEMMA3_4B_TEXT
 
 import archc
 from archc.cli import main
@@ -196,15 +197,8 @@ GEMMA3_4B_IT = {
     "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
                       "model_type": "siglip_vision_model", "num_attention_heads": 16,
                       "num_hidden_layers": 27, "patch_size": 14, "vision_use_head": False}}
-# The same text model as a gemma3_text config with every field spelled out.
-GEMMA3_4B_TEXT = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
-                  "vocab_size": 262208, "hidden_size": 2560, "intermediate_size": 10240,
-                  "num_hidden_layers": 34, "num_attention_heads": 8, "num_key_value_heads": 4,
-                  "head_dim": 256, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
-                  "sliding_window": 1024, "sliding_window_pattern": 6,
-                  "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
-                  "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
-                  "max_position_embeddings": 131072, "hidden_activation": "gelu_pytorch_tanh"}
+# The same text model as a gemma3_text config with every field spelled out: GEMMA3_4B_TEXT,
+# from tests/test_hf_stats.py.
 
 
 def test_gemma_3_4b_it_config_counts_the_language_model(tmp_path, capsys):
