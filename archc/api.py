@@ -14,7 +14,7 @@ from archc.inputs import validate
 from archc.ir.graph import Graph
 from archc.lower import lower
 from archc.passes import PIPELINES, run_pipeline
-from archc.weights import check_weights, init_params
+from archc.weights import as_run, check_weights, init_params
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Module:
@@ -62,8 +62,7 @@ def run(graph: Graph, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarr
         if weights is None:
             weights = _INITIALISED[graph][seed] = init_params(graph, seed)
     check_weights(graph, weights, "the given weights")
-    weights = {k: np.asarray(weights[k], np.float32) if p.type.dtype == "float32"
-               else np.asarray(weights[k]) for k, p in graph.params.items()}  # codes stay ints
+    weights = as_run(graph, weights)
     if backend == "numpy":  # compiled and bound once per graph and weights
         return run_bound(graph, feeds, weights)
     from archc.backends.ort import run_cached

@@ -15,7 +15,7 @@ import numpy as np
 
 from archc.inputs import GraphFacts, validate
 from archc.ir.graph import Graph
-from archc.weights import check_weights, init_params
+from archc.weights import as_run, check_weights, init_params
 
 
 class Runner:
@@ -30,8 +30,7 @@ class Runner:
         check_weights(graph, {k: weights[k] for k in graph.params if k in weights},
                       "the given weights")
         self.graph, self.backend, self.facts = graph, backend, GraphFacts(graph)
-        self.weights = {k: np.asarray(weights[k], np.float32) if p.type.dtype == "float32"
-                        else np.asarray(weights[k]) for k, p in graph.params.items()}
+        self.weights = as_run(graph, weights)
         self._ort = self._plan = None
         self._names: list[str] = []  # the session's outputs (a step would ask every time)
         if backend == "numpy":

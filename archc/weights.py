@@ -143,6 +143,13 @@ def check_weights(graph: Graph, weights: dict[str, np.ndarray], source: str) -> 
         raise ArchcError(diags)
 
 
+def as_run(graph: Graph, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays a run reads: each parameter's, float32 for a float32 parameter (no copy when
+    it already is), as given otherwise (quantized codes stay integers)."""
+    return {k: np.asarray(weights[k], np.float32) if p.type.dtype == "float32"
+            else np.asarray(weights[k]) for k, p in graph.params.items()}
+
+
 def load_weights(graph: Graph, path: str, strict: bool = False) -> dict[str, np.ndarray]:
     """The weights of `graph` from a safetensors file, as float32, checked against the graph's
     parameters (names, shapes, dtypes); NaN/Inf is a warning, or an error when `strict`."""
