@@ -1,6 +1,7 @@
 """Encoders and encoder-decoders imported from tiny random checkpoints (every parameter
 re-randomised; rows padded at the end): logits match transformers within 1e-4 on both
-backends, on real positions; padding matters."""
+backends, on real positions, full and (for every encoder-decoder, the newer families' too)
+incremental; padding matters."""
 
 from __future__ import annotations
 
@@ -80,7 +81,9 @@ def test_t5_v1_1_untied_head_from_a_4x_checkpoint(tmp_path):
     assert err <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["t5", "t5_v1_1", "t5_variant", "bart"])
+# every encoder-decoder fixture, the newer families (test_hf_encoders_new.SEQ2SEQ) included
+@pytest.mark.parametrize("name", ["t5", "t5_v1_1", "t5_variant", "bart",
+                                  "marian", "pegasus", "mbart", "mt5"])
 def test_incremental_decoder_logits(name, tmp_path):
     from archc.kvcache import seq2seq_incremental_logits
 

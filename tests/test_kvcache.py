@@ -110,12 +110,44 @@ def test_cli_incremental_and_generate(imported, tmp_path, capsys):
 
 
 def test_an_encoder_asked_to_decode_incrementally_says_why(capsys):
-    """BERT keeps no KV cache: the cause comes first (E0202), not only the mask's shape error."""
+    """BERT keeps no KV cache: its one cause (E0202) is reported, not the mask's shape error."""
     assert main(["compile", str(ROOT / "specs" / "bert_base.arch"), "--kv-cache", "-o",
                  "/dev/null"]) != 0
     err = capsys.readouterr().err
-    assert err.index("error[E0202]: model `bert_base` cannot decode incrementally") < \
-        err.index("error[E0201]")
+    assert "error[E0202]: model `bert_base` cannot decode incrementally" in err
+    assert "error[E0201]" not in err
+
+
+ENCODER = """model enc {
+  input input_ids: int64[batch, seq]
+  input attention_mask: int64[batch, seq]
+  %s
+  x = embed(input_ids, 100, 16)
+  output h = attention(x, 2, mask = attention_mask)
+}
+"""
+
+
+def _cached_codes(spec: str) -> list[str]:
+    with pytest.raises(archc.ArchcError) as e:
+        lower(archc.parse(spec), cache=True)
+    return [d.code for d in e.value.diagnostics]
+
+
+def test_e0202_is_found_whatever_the_symptom_says():
+    """The cached lowering fails on a `require` whose text never names the widened `past+seq`
+    dim: the spec lowers cleanly without a cache and keeps none, so the cause is still E0202."""
+    check = 'require(dim(attention_mask, 1) == dim(input_ids, 1), "the mask must cover the ids")'
+    lower(archc.parse(ENCODER % check))
+    assert _cached_codes(ENCODER % check) == ["E0202"]
+
+
+def test_a_broken_encoder_keeps_its_own_errors_under_the_cache():
+    """A spec that fails without the cache too is broken, not an encoder asked to decode: its
+    errors stand (the mask's `past+seq` shape error among them) and there is no E0202."""
+    codes = _cached_codes(ENCODER % "y = no_such_name")
+    assert "E0202" not in codes
+    assert "E0201" in codes and "E0100" in codes
 
 
 @pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from archc.backends.cache import SESSION_CACHE_SIZE, cache_key
 from archc.ir.graph import Graph, Node
 from archc.ir.printer import fmt_node
 from archc.ops import OPS
@@ -124,8 +125,6 @@ def run_bound(graph: Graph, inputs: dict[str, np.ndarray], params: dict[str, np.
     """`graph` with its plan compiled and bound once per (graph, weight arrays), as
     `archc.backends.ort.run_cached` keeps sessions: `bind` computes a packed weight's concat
     (55M LLaMA: 59 MB a call) and a tied head's transpose once, not every call."""
-    from archc.backends.ort import SESSION_CACHE_SIZE, cache_key
-
     key = cache_key(graph, params, "numpy", None)
     hit = _BOUND.get(key)
     if hit is None or hit[0]() is not graph:

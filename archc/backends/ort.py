@@ -15,10 +15,9 @@ from collections import OrderedDict
 import numpy as np
 import onnx
 
+from archc.backends.cache import SESSION_CACHE_SIZE, cache_key
 from archc.backends.onnx_export import export_onnx, model_bytes
 from archc.ir.graph import Graph
-
-SESSION_CACHE_SIZE = 4  # sessions hold their weights; keep only the last few
 
 
 def providers() -> list[str]:
@@ -60,15 +59,6 @@ def run_onnx(model: onnx.ModelProto | bytes, inputs: dict[str, np.ndarray],
 
 
 _SESSIONS: OrderedDict[tuple, tuple] = OrderedDict()  # key -> (graph ref, weights, session)
-
-
-def cache_key(graph: Graph, weights: dict[str, np.ndarray], provider, threads) -> tuple:
-    """What a cached session (or bound NumPy plan) stands for: the graph as it is now and the
-    identity of each weight array it reads."""
-    structure = hash((tuple(n.id for n in graph.nodes()),
-                      tuple((k, v.id) for k, v in graph.outputs.items())))
-    arrays = tuple((name, id(weights[name])) for name in sorted(graph.params))
-    return (id(graph), structure, arrays, provider, threads)
 
 
 def cached_session(graph: Graph, weights: dict[str, np.ndarray], provider: str | None = None,

@@ -15,6 +15,7 @@ from archc.diagnostics import ArchcError, Collector, Diagnostic, Span
 from archc.frontend import ast, parse
 from archc.ir.graph import Graph
 from archc.lower.evaluate import Evaluator
+from archc.serving import keeps_cache
 
 STDLIB = Path(__file__).resolve().parent.parent / "stdlib"
 MAX_IMPORTS = 256
@@ -73,17 +74,28 @@ def lower(module: ast.Module, model: str | None = None, cache: bool = False) -> 
     except RecursionError:
         diags.error("E0003", "the spec nests too deeply to lower", models[model].span,
                     "in this model", help="split long expressions with intermediate names")
-    if cache and not ev.graph.meta.get("cache_layers") and not ev.graph.meta.get("states") and \
-            any("past+" in d.message for d in diags.diagnostics):
-        # an encoder's mask was widened to past + new tokens, but no layer keeps a cache: the
-        # shape errors that follow are symptoms, this is the cause
-        diags.diagnostics.insert(0, Diagnostic(
+    if cache and diags.diagnostics and not ev.graph.meta.get("cache_layers") and \
+            not ev.graph.meta.get("states") and _lowers_without_a_cache(module, model):
+        # the spec is sound but keeps no KV cache (an encoder): the errors of the cached lowering
+        # are symptoms (its mask widened to past + new tokens), this is the one cause
+        diags.diagnostics[:] = [Diagnostic(
             "E0202", f"model `{model}` cannot decode incrementally: no layer keeps a KV cache",
             models[model].span, "this model", help="only causal self-attention is cached; an "
-            "encoder runs in one pass: drop `--kv-cache` / `--incremental` / `generate`"))
+            "encoder runs in one pass: drop `--kv-cache` / `--incremental` / `generate`")]
     diags.raise_if_any()
     graph.param_uses = dict(ev.uses)
     return graph
+
+
+def _lowers_without_a_cache(module: ast.Module, model: str) -> bool:
+    """Whether `model` lowers cleanly without a cache and keeps neither a KV cache nor a state.
+    Asked only after a cached lowering failed: a second lowering, into its own collector, tells
+    an encoder asked to decode (E0202) from a spec that is broken either way (its own errors)."""
+    try:
+        plain = lower(module, model)
+    except ArchcError:
+        return False
+    return not keeps_cache(plain)
 
 
 def imported_blocks(module: ast.Module, diags: Collector) -> list[ast.BlockDef]:
