@@ -124,7 +124,8 @@ def _refuse(name: str, why: str, help: str | None = None) -> ArchcError:
 def keeps_cache(plain: Graph) -> bool:
     """Whether a spec has a KV cache or a state, read off its plain graph: lowering an encoder
     with `cache=True` fails on its bidirectional masks, so this is asked first."""
-    return bool(plain.meta.get("kv_per_token") or plain.meta.get("states"))
+    return bool(plain.meta.get("kv_per_token") or plain.meta.get("states")
+                or plain.meta.get("cached_states"))
 
 
 def check_decoder(plain: Graph) -> None:

@@ -345,3 +345,29 @@ def test_triton_encoder_and_refusal(tmp_path, capsys):
     out = tmp_path / "other"
     _refused(["compile", str(ROOT / "specs" / "mini_bert.arch"), "--triton", str(out),
               "--kv-cache"], "E0400", "`mini_bert` keeps no KV cache", capsys, out)
+
+
+def test_triton_repository_of_a_decoder_whose_state_is_a_running_sum(tmp_path):
+    """The Linear Transformer keeps no keys or values, only `cumsum_cache` prefix sums, and is
+    served with past all the same: the with-past model, fed a zero state, equals the plain one
+    (1e-5) and returns the state after the prompt."""
+    repo = tmp_path / "repo"
+    assert main(["compile", str(ROOT / "specs" / "linear_transformer.arch"), "--triton",
+                 str(repo), "--kv-cache"]) == 0
+    plain = _check_model(repo / "linear_transformer", "linear_transformer")
+    past = _check_model(repo / "linear_transformer_with_past", "linear_transformer_with_past")
+    states = [v for v in past.input if v.name.startswith("past_key_values.")]
+    assert states and {v.name.rsplit(".", 1)[1] for v in states} == {"kv_sum", "k_sum"}
+    import onnxruntime as ort
+
+    ids = np.array([[3, 5, 7, 9]])
+    feeds = {v.name: np.ones_like(ids) for v in plain.input if v.name != "input_ids"}
+    full = ort.InferenceSession(str(repo / "linear_transformer" / "1" / "model.onnx")).run(
+        ["logits"], {"input_ids": ids, **feeds})[0]
+    zero = {v.name: np.zeros([1 if d.dim_param else d.dim_value
+                              for d in v.type.tensor_type.shape.dim], np.float32)
+            for v in states}
+    step = ort.InferenceSession(str(repo / "linear_transformer_with_past" / "1" / "model.onnx"))
+    got = step.run(None, {"input_ids": ids, **feeds, **zero})
+    np.testing.assert_allclose(got[0], full, atol=1e-5)
+    assert len(got) == 1 + len(states) and all(np.abs(s).max() > 0 for s in got[1:])

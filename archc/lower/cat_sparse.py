@@ -160,7 +160,8 @@ def cumsum_cache(b: LayerBuilder, x, name, axis):
         b.fail("E0201", f"`cumsum_cache` needs float32 with static dims besides batch and the "
                f"token axis, got {x.type}", "here")
     running = b.op("cumsum", x, axis=ax)
-    if not b.cache:
+    if not b.cache:  # what `archc.serving.keeps_cache` reads off the plain graph
+        b.graph.meta["cached_states"] = b.graph.meta.get("cached_states", 0) + 1
         return running
     counts = b.graph.meta.setdefault("cache_counts", {})
     n = counts.get(str(name), 0)
