@@ -10,9 +10,15 @@ inputs exist. For scale, the T x T probabilities of 8 heads are 8 T^2 4 bytes.
 - `gqa`: com.microsoft GroupQueryAttention, what archc's fast path runs (a right-padded or
   unpadded batch; sliding windows through local_window_size);
 - `onnx`: ONNX Attention (opset 23) with is_causal, archc's exact path without a bias;
-- `mha`: com.microsoft MultiHeadAttention (unidirectional), for reference.
+- `mha`: com.microsoft MultiHeadAttention (unidirectional), for reference;
+- `model`: the whole LLaMA-shaped model (8 layers, hidden 512, vocab 32000, 55M parameters),
+  `-O2`, one prefill 1 x T with an all-ones mask: every layer takes the fast path, and the
+  [1, 1, T, T] bias only the exact branches read is not built (archc/backends/onnx_gate.py);
+- `model_ungated`: the same export with that bias in the main graph, built on every run (as
+  before the gate). The [T, 32000] logits (125 MiB at T = 1024) are in both.
 
     python benchmarks/attention_memory.py [--seqs 1024,2048,4096] [--kinds gqa,onnx,mha]
+    python benchmarks/attention_memory.py --kinds model,model_ungated --seqs 2048,4096,8192
 """
 
 from __future__ import annotations
@@ -22,6 +28,29 @@ import subprocess
 import sys
 
 H, KV, D = 8, 2, 64
+MODEL = """model llama55 {
+  let vocab = 32000, d = 512, heads = 8, kv = 2, ff = 1376, layers = 8, eps = 1e-6
+  input input_ids: int64[batch, seq]
+  input attention_mask: int64[batch, seq]
+  x = embed(input_ids, vocab, d) as embed_tokens
+  repeat layers as layers {
+    x = x + attention(rms_norm(x, eps) as input_norm, heads, kv_heads = kv, causal,
+                      mask = attention_mask, rope = rope(theta = 10000), bias = false) as attn
+    x = x + swiglu(rms_norm(x, eps) as post_attention_norm, ff) as mlp
+  }
+  output logits = lm_head(rms_norm(x, eps) as norm, vocab)
+}"""
+
+
+def _model(gated: bool) -> bytes:
+    """The -O2 ONNX of MODEL (seeded weights), with or without the exact-values gate."""
+    import archc
+    from archc.backends import onnx_export
+
+    if not gated:
+        onnx_export.gate_else_only = lambda nodes, *_: nodes
+    g = archc.optimize(archc.lower(archc.parse(MODEL, "llama55.arch")), 2)
+    return onnx_export.model_bytes(onnx_export.export_onnx(g, archc.init_params(g, seed=0)))
 
 
 def measure(kind: str, s: int) -> tuple[float, float]:
@@ -29,6 +58,27 @@ def measure(kind: str, s: int) -> tuple[float, float]:
     import resource
     import time
 
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.log_severity_level = 2, 3
+    if kind.startswith("model"):
+        sess = ort.InferenceSession(_model(kind == "model"), opts,
+                                    providers=["CPUExecutionProvider"])
+        feeds = {"input_ids": np.random.default_rng(0).integers(0, 32000, (1, s)),
+                 "attention_mask": np.ones((1, s), np.int64)}
+    else:
+        sess, feeds = _one_call(kind, s, opts)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    sess.run(None, feeds)
+    took = time.perf_counter() - t
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, took
+
+
+def _one_call(kind: str, s: int, opts):
+    """A session of one attention node of `kind` at length `s`, and its random feeds."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -51,8 +101,6 @@ def measure(kind: str, s: int) -> tuple[float, float]:
     outs = [info(o, None) for o in node.output]
     model = helper.make_model(helper.make_graph([node], "g", ins, outs), opset_imports=[
         helper.make_opsetid("", 23), helper.make_opsetid("com.microsoft", 1)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.log_severity_level = 2, 3
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
@@ -60,12 +108,7 @@ def measure(kind: str, s: int) -> tuple[float, float]:
     for i in sess.get_inputs():
         if i.name not in feeds:
             feeds[i.name] = rng.standard_normal(i.shape).astype(np.float32)
-    feeds = {i.name: feeds[i.name] for i in sess.get_inputs()}
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.perf_counter()
-    sess.run(None, feeds)
-    took = time.perf_counter() - t
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, took
+    return sess, {i.name: feeds[i.name] for i in sess.get_inputs()}
 
 
 def main() -> None:
@@ -80,16 +123,17 @@ def main() -> None:
         return
     seqs = [int(x) for x in args.seqs.split(",")]
     print(f"causal self-attention, {H} heads / {KV} kv heads of {D}, batch 1, float32, "
-          "onnxruntime CPU, 2 threads; peak RSS growth of one call, MiB (ms)")
-    print(f"{'kernel':8s}" + "".join(f"{f'T={s}':>22s}" for s in seqs))
+          "onnxruntime CPU, 2 threads; peak RSS growth of one call, MiB (ms); model: the "
+          "whole 8-layer model of that shape")
+    print(f"{'kernel':14s}" + "".join(f"{f'T={s}':>22s}" for s in seqs))
     for kind in args.kinds.split(","):
         row = []
         for s in seqs:
             out = subprocess.run([sys.executable, __file__, "--one", kind, str(s)],
                                  capture_output=True, text=True, check=True).stdout.split()
             row.append(f"{float(out[0]):8.0f} ({float(out[1]) * 1e3:6.0f} ms)")
-        print(f"{kind:8s}" + "".join(f"{x:>22s}" for x in row))
-    print(f"{'8 T^2 4B':8s}" + "".join(f"{H * s * s * 4 / 2**20:>22.0f}" for s in seqs))
+        print(f"{kind:14s}" + "".join(f"{x:>22s}" for x in row))
+    print(f"{'8 T^2 4B':14s}" + "".join(f"{H * s * s * 4 / 2**20:>22.0f}" for s in seqs))
 
 
 if __name__ == "__main__":

@@ -60,10 +60,11 @@ def _branches(graph, w, feeds) -> tuple[np.ndarray, Counter]:
     with open(path) as f:
         events = json.load(f)
     os.remove(path)
-    ran = Counter()  # a node in branch "fast" or "exact", or one nested in "prompt"
-    for e in events:
+    ran = Counter()  # a node in branch "fast" or "exact" (or nested in one), or "gated": one
+    for e in events:  # the exact branches' shared values (the bias) computed behind their gate
         head = e["name"].split("_")[:2] if e.get("cat") == "Node" else []
         ran.update(x for x in ("fast", "exact") if x in head)
+        ran.update(["gated"] if e.get("cat") == "Node" and e["name"].startswith("gated/") else [])
     return out, ran
 
 
@@ -85,8 +86,8 @@ def test_full_sequence_fast_path_equals_the_exact_path(llama, kind, monkeypatch)
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)  # padding rows too
     out, ran = _branches(graphs[False, 2], w, feeds)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
-    taken = "fast" if kind in FAST_FULL else "exact"
-    assert set(ran) == {taken}, ran
+    taken = {"fast"} if kind in FAST_FULL else {"exact", "gated"}  # the bias only for exact
+    assert set(ran) == taken, ran
     _against_the_exact_lowering(graphs[False, 2], w, feeds, out, monkeypatch)
 
 
@@ -138,12 +139,13 @@ def test_incremental_if_takes_each_branch(llama, rows, new, past, ones, taken, m
     ref = archc.run(graphs[True, 1], feeds, w)["logits"]
     out, ran = _branches(graphs[True, 2], w, feeds)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
-    assert set(ran) == {taken}, ran
+    assert set(ran) == ({"fast"} if taken == "fast" else {"exact", "gated"}), ran
     _against_the_exact_lowering(graphs[True, 2], w, feeds, out, monkeypatch)
 
 
-@pytest.mark.parametrize("kind, taken", [("unpadded", {"fast"}), ("right_short", {"fast"}),
-                                         ("right", {"fast", "exact"}), ("left", {"exact"})])
+@pytest.mark.parametrize("kind, taken", [
+    ("unpadded", {"fast"}), ("right_short", {"fast"}), ("right", {"fast", "exact", "gated"}),
+    ("left", {"exact", "gated"})])
 def test_a_sliding_window_takes_the_fast_path_with_local_window_size(kind, taken, monkeypatch):
     """interleaved_local_global: its windowed layers (window 4, T = 9) pass the key mask too,
     and the fast branch is GroupQueryAttention with local_window_size = 4 (key j > i - 4, the

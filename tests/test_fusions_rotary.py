@@ -20,6 +20,7 @@ from test_fusions import G, fuse
 import archc
 from archc.backends.numpy_interp import run_graph
 from archc.backends.onnx_export import export_onnx
+from archc.backends.onnx_gate import outer_refs
 from archc.backends.ort import run_onnx
 from archc.hf import import_hf
 from archc.kvcache import Session, incremental_logits
@@ -194,10 +195,15 @@ def test_cached_attention_fuses_to_attention_with_past(llama, lowering, monkeypa
     made_by = {o: n for n in model.graph.node for o in n.output}
     assert "RotaryEmbedding" in {n.op_type for n in model.graph.node}
     assert "Identity" not in {n.op_type for n in model.graph.node}
-    # each layer: If(all ones and one token, Attention over the concats with no mask,
-    #                If(all ones, GQA with past and no bias, the CACHED_ATTENTION lowering))
+    # each layer: If(all ones and (one token or GQA can run),
+    #                If(one token, Attention over the concats with no mask, GQA with past and no
+    #                   bias),
+    #                the CACHED_ATTENTION lowering),
+    # and one If in front of them all that builds the bias only when an exact branch may run
     ifs = [n for n in model.graph.node if n.op_type == "If"]
-    assert len(ifs) == 4 and not any(n.op_type == "Attention" for n in model.graph.node)
+    assert len(ifs) == 5 and not any(n.op_type == "Attention" for n in model.graph.node)
+    (gate,) = [n for n in ifs if n.name == "gated_values"]
+    assert {n.input[0] for n in ifs} == {gate.input[0]}  # the layers' condition, once
 
     def branch(node, which):
         return next(a.g for a in node.attribute if a.name == f"{which}_branch")
@@ -207,15 +213,17 @@ def test_cached_attention_fuses_to_attention_with_past(llama, lowering, monkeypa
         node = made_by[f"present.{i}.key"]
         assert node in ifs and list(node.output[1:]) == [f"present.{i}.key",
                                                          f"present.{i}.value"]
-        step = branch(node, "then")
+        (inner,) = [m for m in branch(node, "then").node if m.op_type == "If"]
+        step = branch(inner, "then")
         made = {o: m for m in step.node for o in m.output}
         (att,) = [m for m in step.node if m.op_type == "Attention"]
         assert len(att.input) == 3  # no mask: one token sees every key
         assert [made[o.name].input[0] for o in step.output[1:]] == past
-        (inner,) = [m for m in branch(node, "else").node if m.op_type == "If"]
-        (gqa,) = [m for m in branch(inner, "then").node if m.op_type == "GroupQueryAttention"]
+        (gqa,) = [m for m in branch(inner, "else").node if m.op_type == "GroupQueryAttention"]
         assert list(gqa.input[3:5]) == past and len(gqa.input) == 7  # no bias
-        other = branch(inner, "else")
+        assert not set(gate.output) & outer_refs(branch(node, "then"))
+        other = branch(node, "else")
+        assert set(gate.output) <= outer_refs(other)  # the bias and its row check
         made = {o: m for m in other.node for o in m.output}
         presents = [made[o.name] for o in other.output[1:]]
         if lowering == "concat":  # the presents are the Concats the Attention reads

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from archc.backends.onnx_gate import gate_else_only
 from archc.ir.graph import Graph
 from archc.ir.types import TensorType
 from archc.ops import OPS
@@ -167,6 +168,9 @@ def export_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None,
             b.op("Identity", names[node.id], out=name)
         outputs.append(_value_info(name, node.type))
     inits = [b.initializers[k] for k in sorted(b.initializers)]
+    known = {v.name: v.type.tensor_type.elem_type for v in graph_inputs}
+    b.nodes = gate_else_only(b.nodes, {o.name for o in outputs},
+                             {**known, **{t.name: t.data_type for t in inits}})
     onnx_graph = helper.make_graph(b.nodes, graph.name, graph_inputs, outputs, inits)
     imports = [helper.make_opsetid("", b.opset)]
     domains = {n.domain for n in b.nodes} | {m.domain for n in b.nodes for a in n.attribute

@@ -262,42 +262,43 @@ def _fast(b, args, mask, total, masked, exact, **attrs) -> list[str]:
     """With the mask all ones (checked in O(B (P+T)), once per model), the bias is just the
     causal mask (bottom right) and no row is empty, so the bias add and the patch go:
 
-        If(all ones and T = 1, Attention(q, past ++ k, past ++ v) with no mask at all,
-           If(all ones and GQA can run, GroupQueryAttention with past and no bias, exact()))
+        If(all ones and (T = 1 or GQA can run),
+           If(T = 1, Attention(q, past ++ k, past ++ v) with no mask at all,
+              GroupQueryAttention with past and no bias),
+           exact())
 
     One new token sees every key (the step keeps the [B, H, T, D] layout: no transposes); GQA's
     causal=1 with seqlens_k = P + T - 1 hides the later keys of several. Any zero in the mask
-    takes exact(): GQA reads seqlens_k as where the new keys go, so padding would move them."""
+    takes exact(): GQA reads seqlens_k as where the new keys go, so padding would move them.
+    exact() is the outer else branch, so what only it reads (the bias) is built only when it
+    runs (archc/backends/onnx_gate.py)."""
     q, k, v, pk, pv = args
     (_, h, _, d), kv = b.type_of(q).shape, b.type_of(k).shape[1]
     seqlens, n = _gqa_lengths(b, q, total)  # outside the branches: every layer reads them
     ones = b.memo(("all_ones", mask), lambda: b.op("Equal", b.op(
         "ReduceMin", _keep32(b, mask), keepdims=0), _i32(b, 1)))
-    gqa_ok = b.memo(("gqa_ok", mask, total), lambda: b.op("And", _gqa_can_run(b, q, pk), ones))
-    step_ok = b.memo(("step_ok", mask, total), lambda: b.op("And", ones, b.op("Squeeze", b.op(
-        "Equal", b.op("Shape", q, start=2, end=3), _i64(b, 1)), _i64(b, 0))))
+    step = b.memo(("step", total), lambda: b.op("Squeeze", b.op(
+        "Equal", b.op("Shape", q, start=2, end=3), _i64(b, 1)), _i64(b, 0)))
+    fast = b.memo(("fast_ok", mask, total), lambda: b.op("And", ones, b.op(
+        "Or", step, _gqa_can_run(b, q, pk))))
     _row_ok(b, masked)  # the exact branch's row check, outside: every layer reads it
 
-    def step():  # [B, H, 1, Dv], presents
+    def one():  # [B, H, 1, Dv], presents
         kk, vv = b.op("Concat", pk, k, axis=2), b.op("Concat", pv, v, axis=2)
         return [b.op("Attention", q, kk, vv, **attrs), kk, vv]
 
-    def gqa():  # [B, T, H*D], presents
-        return b.op_multi("GroupQueryAttention", *_bsd(b, q, k, v), pk, pv, seqlens, n,
-                          n=3, domain=MS, num_heads=h, kv_num_heads=kv, causal=1, **attrs)
+    def gqa():  # [B, H, T, Dv], presents
+        out, *presents = b.op_multi("GroupQueryAttention", *_bsd(b, q, k, v), pk, pv, seqlens,
+                                    n, n=3, domain=MS, num_heads=h, kv_num_heads=kv, causal=1,
+                                    **attrs)
+        return [b.op("Transpose", b.op("Reshape", out, _i64(b, 0, 0, h, d)), perm=[0, 2, 1, 3]),
+                *presents]
 
-    def flat():
-        out, *presents = exact()
-        return [b.op("Reshape", b.op("Transpose", out, perm=[0, 2, 1, 3]),
-                     _i64(b, 0, 0, h * d)), *presents]
-
-    def prompt():  # [B, H, T, Dv], presents
-        outs = b.op_multi("If", gqa_ok, n=3, then_branch=_branch(b, "fast", gqa),
-                          else_branch=_branch(b, "exact", flat))
-        return [b.op("Transpose", b.op("Reshape", outs[0], _i64(b, 0, 0, h, d)),
-                     perm=[0, 2, 1, 3]), *outs[1:]]
-    return b.op_multi("If", step_ok, n=3, then_branch=_branch(b, "fast_step", step),
-                      else_branch=_branch(b, "prompt", prompt))
+    def fused():
+        return b.op_multi("If", step, n=3, then_branch=_branch(b, "fast_step", one),
+                          else_branch=_branch(b, "gqa", gqa))
+    return b.op_multi("If", fast, n=3, then_branch=_branch(b, "fast", fused),
+                      else_branch=_branch(b, "exact", exact))
 
 
 def _gqa(b, args, total, attention, **attrs) -> list[str]:
