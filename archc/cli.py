@@ -18,7 +18,7 @@ from archc import api
 from archc.cli_view import add_commands, lazy, spec_module
 from archc.diagnostics import ArchcError, Diagnostic, did_you_mean, render
 from archc.files import write_file
-from archc.inputs import load_npz, random_inputs, validate
+from archc.inputs import check_shapes, load_npz, random_inputs, validate
 from archc.weights import ArchcWarning
 
 USAGE_ERROR = 2
@@ -87,18 +87,39 @@ def _dump_block(name: str) -> int:
     return 0
 
 
+def _compile_flags(args) -> None:
+    """One destination, not empty; no flag that would be ignored: quantization options
+    without `--weights-dtype int8|int4`, `--explain` away from `-o`."""
+    def usage(message: str, help: str | None = None):
+        return ArchcError([Diagnostic("E0400", message, help=help)])
+    dests = [(f, v) for f, v in (("-o", args.output), ("--genai", args.genai),
+                                 ("--triton", args.triton)) if v is not None]
+    quant = [f for f in ("--block-size", "--symmetric", "--activations", "--float-embeddings")
+             if getattr(args, f[2:].replace("-", "_")) not in (None, False)]
+    if not dests or any(not v for _, v in dests):
+        raise usage("`archc compile` needs `-o FILE.onnx` (or `--genai DIR` or `--triton DIR`)"
+                    + ("" if not dests else ", not an empty path"))
+    if len(dests) > 1:
+        raise usage(f"`{dests[0][0]}` and `{dests[1][0]}` cannot be given together: compile "
+                    "writes one of them", help="run `archc compile` once for each")
+    if quant and args.weights_dtype not in ("int8", "int4"):
+        raise usage(f"`{quant[0]}` applies only to `--weights-dtype int8` or `int4`, not "
+                    f"{args.weights_dtype}", help=f"add `--weights-dtype int8`, or leave out "
+                    f"`{quant[0]}`")
+    if args.explain and args.output is None:
+        raise usage("`--explain` applies only to `-o FILE.onnx`", help="leave out `--explain`")
+
+
 def cmd_compile(args) -> int:
     from archc.backends.onnx_save import save_models
 
+    _compile_flags(args)
     if args.dtype == "float16":  # the graph computes in float16 (archc/backends/onnx_fp16.py)
         from archc.backends.onnx_fp16 import save_float16 as save_models
     if args.genai:  # the KV-cache decoder and its genai_config.json, in one folder
         return lazy("archc.serving", "cmd_genai")(args)
     if args.triton:  # a Triton model repository
         return lazy("archc.serving", "cmd_triton")(args)
-    if not args.output:
-        raise ArchcError([Diagnostic("E0400", "`archc compile` needs `-o FILE.onnx` (or "
-                                     "`--genai DIR` or `--triton DIR`)")])
     graph = _graph(args, cache=args.kv_cache)
     if args.explain:
         from archc.passes.fusions import explain
@@ -130,9 +151,9 @@ def _stored(args, graph, weights):
         return graph, weights
     from archc.quantize import quantize
 
-    return quantize(graph, weights, args.weights_dtype, block=args.block_size,
+    return quantize(graph, weights, args.weights_dtype, block=args.block_size or 32,
                     symmetric=args.symmetric, embeddings=not args.float_embeddings,
-                    accuracy_level={"int8": 4, "float32": 0}[args.activations])
+                    accuracy_level={"int8": 4, "float32": 0}[args.activations or "int8"])
 
 
 def cmd_run(args) -> int:
@@ -185,12 +206,16 @@ def cmd_generate(args) -> int:
     graph = _graph(args, cache=True)
     seq2seq = "decoder_input_ids" in graph.inputs
     # the whole run's inputs, checked on the plain graph: ids in the vocabulary, and the
-    # prompt plus every generated token within the position table
-    grown = np.zeros((1, args.steps + 1 if seq2seq else ids.shape[1] + args.steps), np.int64)
+    # prompt plus every generated token within the position table; their sizes first, so
+    # `--steps 1000000000` is refused by arithmetic, not by the OOM killer
+    plain, total = _graph(args, level=0), args.steps + 1 if seq2seq else ids.shape[1] + args.steps
+    check_shapes(plain, {"input_ids": ids.shape, "decoder_input_ids": (1, total)} if seq2seq
+                 else {"input_ids": (1, total)}, "`--ids` and `--steps`")
+    grown = np.zeros((1, total), np.int64)
     grown[0, :1] = args.start
     feeds = {"input_ids": ids, "decoder_input_ids": grown} if seq2seq else \
         {"input_ids": np.concatenate([ids, grown[:, ids.shape[1]:]], axis=1)}
-    validate(_graph(args, level=0), feeds, "`--ids`, `--start` and `--steps`")
+    validate(plain, feeds, "`--ids`, `--start` and `--steps`")
     if seq2seq:  # encoder-decoder: --ids is the encoder's input
         from archc.kvcache import generate_seq2seq
 
@@ -277,12 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="what the ONNX graph computes in (float16: weights, activations and "
                    "the KV cache; inputs and outputs stay float32)")
-    c.add_argument("--block-size", type=int, choices=(32, 64, 128), default=32,
+    c.add_argument("--block-size", type=int, choices=(32, 64, 128),
                    help="int8/int4 quantization block size (default 32)")
     c.add_argument("--symmetric", action="store_true", help="int8/int4 without zero points")
-    c.add_argument("--activations", choices=("int8", "float32"), default="int8",
-                   help="int8/int4: what MatMulNBits computes the activations in (int8: "
-                   "fastest; float32: matches the NumPy backend to 1e-4)")
+    c.add_argument("--activations", choices=("int8", "float32"),
+                   help="int8/int4: what MatMulNBits computes the activations in (int8, the "
+                   "default: fastest; float32: matches the NumPy backend to 1e-4)")
     c.add_argument("--float-embeddings", action="store_true", help="int8/int4: keep "
                    "embedding tables float32 (a decode step reads one row of them)")
     c.add_argument("--genai", metavar="DIR", help="write DIR/model.onnx with the KV cache and "

@@ -1,8 +1,8 @@
 """The files archc reads and writes: clear errors on read, atomic sets on write.
 
-Reading: `read_bytes` and `read_text` turn a missing file, a directory or a permission problem
-into a `cannot read` diagnostic with the path, and text that is not UTF-8 into a diagnostic at
-the line and column of the first bad byte.
+Reading: `read_bytes` and `read_text` turn a missing file, a directory, a permission problem
+or a file over 64 MiB (`TEXT_LIMIT`) into a `cannot read` diagnostic with the path, and text
+that is not UTF-8 into a diagnostic at the line and column of the first bad byte.
 
 Writing: `write_files({path: data})` writes each file to a temporary file in its own directory
 (so the rename stays on one filesystem), flushes and fsyncs it, gives it the mode of the file it
@@ -14,6 +14,12 @@ file; it never writes through the link into its target.
 
 The renames are the only window left: a crash between the renames of one set leaves some
 files new and some old, each of them whole.
+
+A target that exists and is not a regular file or a directory (`/dev/null`, `/dev/stdout`, a
+FIFO, followed through symlinks) is written in place, after the rest of the set is staged: a
+rename would replace the device node itself (as root, `--out /dev/null` turned /dev/null into
+a regular file), and a stream has no earlier contents to keep. A write error there (ENOSPC on
+`/dev/full`) is a `cannot write` diagnostic.
 
 `data` is bytes, or a function that writes the file at the path it is given (safetensors and
 NumPy writers want a path or a file, not bytes).
@@ -50,12 +56,20 @@ def open_read(path: str | Path, what: str = "file"):
         raise cannot_read(path, _why(e)) from None
 
 
-def read_bytes(path: str | Path, what: str = "file") -> bytes:
+TEXT_LIMIT = 64 * 2**20  # a spec or a config.json; `/dev/zero` or a 10 GB file by mistake
+
+
+def read_bytes(path: str | Path, what: str = "file", limit: int = TEXT_LIMIT) -> bytes:
+    """The whole file, or `cannot read` when it holds more than `limit` bytes (read no
+    further: a device such as /dev/zero never ends)."""
     with open_read(path, what) as f:
         try:
-            return f.read()
+            data = f.read(limit + 1)
         except OSError as e:
             raise cannot_read(path, _why(e)) from None
+    if len(data) > limit:
+        raise cannot_read(path, f"it is over {limit // 2**20} MiB, too large for a {what}")
+    return data
 
 
 def decode(data: bytes, path: str | Path, code: str = "E0006") -> str:
@@ -82,11 +96,15 @@ def cannot_write(path: str | Path, why: str) -> ArchcError:
 
 def write_files(files: dict[str | Path, Data]) -> None:
     staged: list[tuple[Path, Path]] = []
+    streams = [(Path(p), d) for p, d in files.items() if _is_stream(Path(p))]
     current = None
     try:
         for path, data in files.items():
             current = Path(path)
-            staged.append((_stage(current, data), current))
+            if not _is_stream(current):
+                staged.append((_stage(current, data), current))
+        for current, data in streams:
+            _write(current, data)
         for tmp, current in staged:
             os.replace(tmp, current)
     except OSError as e:
@@ -99,6 +117,28 @@ def write_files(files: dict[str | Path, Data]) -> None:
 
 def write_file(path: str | Path, data: Data) -> None:
     write_files({path: data})
+
+
+def _is_stream(path: Path) -> bool:
+    """An existing target that is not a regular file or a directory: a device or a FIFO."""
+    try:
+        mode = os.stat(path).st_mode  # follows symlinks: /dev/stdout -> /proc/self/fd/1
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _write(path: Path, data: Data) -> None:
+    """Write a device or FIFO in place, in one pass (no fsync: it does not apply to a
+    stream). A writer function runs on a temporary file first: NumPy's zip writer seeks and
+    reads back offsets, which a stream cannot give."""
+    if not isinstance(data, bytes):
+        with tempfile.TemporaryDirectory(prefix="archc-") as tmp:
+            staged = Path(tmp) / path.name
+            data(staged)
+            data = staged.read_bytes()
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def _stage(path: Path, data: Data) -> Path:

@@ -6,7 +6,8 @@
 - Every graph input is given, or has a default: `token_type_ids` -> zeros, an
   `...attention_mask` -> ones, `global_attention_mask` -> zeros (a RoBERTa or Longformer user
   feeds only `input_ids` and `attention_mask`), shaped by the dims the other inputs fix.
-  Arrays that are not graph inputs are ignored.
+  Arrays that are not graph inputs are ignored, but for one whose name is close to a graph
+  input left out (`attention_maks`): that is refused, not run on the default.
 - dtype: an int64 input takes any integer or bool array, or a float array of whole numbers (a
   0./1. float mask), converted to int64; a float32 input takes any float or integer array,
   converted to float32; a bool input takes bools or 0/1. Strings, objects, complex and
@@ -24,8 +25,10 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +83,10 @@ def validate(graph: Graph, inputs: dict, source: str = "the inputs",
     """Check and convert `inputs` for `graph`. `states` are inputs a session fills itself (a
     spec's `state`, the KV cache): they may be left out. `facts`: the graph's GraphFacts, when
     the caller checks many calls of one graph."""
+    if not isinstance(inputs, Mapping):
+        raise ArchcError([Diagnostic("E0303", f"the inputs are a {type(inputs).__name__}, not "
+                                     "a dict of input name -> array", notes=(f"in {source}",),
+                                     help=f"the graph inputs are {', '.join(graph.inputs)}")])
     facts = facts or GraphFacts(graph)
     c = _Check(source)
     feeds = {}
@@ -88,11 +95,16 @@ def validate(graph: Graph, inputs: dict, source: str = "the inputs",
             a = _convert(c, name, node.type.dtype, inputs[name])
             if a is not None and _shape(c, name, node, a):
                 feeds[name] = a
+    unknown = [k for k in inputs if k not in graph.inputs]
     for name, node in graph.inputs.items():
         if name not in inputs and name not in states:
             fill = default_value(name) if node.type.dtype == "int64" else None
             shape = [size_of(d, c.dims) for d in node.type.shape]
-            if fill is None or None in shape:
+            typo = difflib.get_close_matches(name, map(str, unknown), n=1, cutoff=0.8)
+            if typo:  # ignoring it would run on the default (a mask of ones): silent garbage
+                c.error("E0303", f"input `{typo[0]}` is not a graph input, and `{name}` is "
+                        "missing", help=f"did you mean `{name}`?")
+            elif fill is None or None in shape:
                 c.error("E0303", f"missing graph input `{name}` {node.type}",
                         help=f"the graph inputs are {', '.join(graph.inputs)}")
             else:
@@ -292,6 +304,16 @@ def check_activations(graph: Graph, dims: dict[str, int],
         check_bytes(largest, f"the run's largest value, {n.type.dtype}{shape}{where},")
 
 
+def check_shapes(graph: Graph, shapes: dict[str, tuple[int, ...]], what: str) -> None:
+    """Refuse, before they are allocated, inputs of these shapes (and the run they make)
+    that would not fit the budget."""
+    dims = {d: n for name, shape in shapes.items() if name in graph.inputs
+            for d, n in zip(graph.inputs[name].type.shape, shape, strict=False)
+            if isinstance(d, str)}
+    check_bytes(sum(nbytes(s, 8) for s in shapes.values()), f"the ids of {what}")
+    check_activations(graph, dims)
+
+
 def load_npz(path: str) -> dict[str, np.ndarray]:
     """The arrays of an `.npz` file, read without pickle; every member's size is checked
     against the budget (from its header) before it is read."""
@@ -302,6 +324,9 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
     from archc.files import cannot_read, open_read
 
     open_read(path, ".npz file").close()  # a missing file or a directory: a clear message
+    if not os.path.isfile(path):  # zipfile seeks to the end: /dev/zero never gets there
+        raise cannot_read(path, "not a regular file (an .npz archive is read by seeking)",
+                          "E0317")
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():

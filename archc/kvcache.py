@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from archc.diagnostics import ArchcError, Diagnostic
 from archc.frontend import ast
 from archc.ir.graph import Graph
 from archc.runner import Runner
@@ -53,15 +54,20 @@ class Session:
         return out
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None):
-        self.past, self.mask = self._empty(len(input_ids)), None
+        input_ids = np.asarray(input_ids)  # a scalar or None: refused by `step`'s checks
+        self.past, self.mask = self._empty(len(input_ids) if input_ids.ndim else 1), None
         return self.step(input_ids, attention_mask)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None):
         """Run the new tokens `input_ids` [B, T]; `attention_mask` [B, T] marks which of them
         are real (default: all). Returns the graph's first output for them."""
+        if not self.past:
+            raise ValueError("`step` before `prefill`: the session has no cache yet; call "
+                             "`prefill(input_ids)` first")
         input_ids = np.asarray(input_ids)  # converted (or refused) by `validate`
         new = np.ones(input_ids.shape, np.int64) if attention_mask is None else \
-            np.asarray(attention_mask, np.int64)
+            np.asarray(attention_mask)  # a 0.5 is refused by `validate`, not truncated to 0
+        self._check_step(input_ids, new)
         mask = new if self.mask is None else np.concatenate([self.mask, new], axis=1)
         feeds = {self.ids_name: input_ids, **self.context}
         if self.mask_name in self.graph.inputs:
@@ -72,9 +78,27 @@ class Session:
                                            self.states, self.run.facts).items()
                  if k not in self.states}
         out = self.run.run_checked({**feeds, **self.past})
-        self.mask = mask  # only a step that ran moves the session on
+        self.mask = feeds.get(self.mask_name, mask)  # only a step that ran moves it on
         self.past = {name: out[result] for name, result in self.states.items()}
         return out[self.output]
+
+    def _check_step(self, ids: np.ndarray, new: np.ndarray) -> None:
+        """What `validate` cannot see once the mask is joined to the past one: the new mask
+        is not the new tokens' shape, or the batch is not the one `prefill` started."""
+        ids_name, mask_name = self.ids_name, self.mask_name
+        why = None
+        if ids.ndim != 2:
+            why = "E0313", f"input `{ids_name}` has rank {ids.ndim} {list(ids.shape)}; a " \
+                f"session takes [batch, new tokens]", None
+        elif new.shape != ids.shape:
+            why = "E0314", f"`{mask_name}` has shape {list(new.shape)}, `{ids_name}` " \
+                f"{list(ids.shape)}", "a call's mask marks its new tokens: one entry each"
+        elif self.mask is not None and len(ids) != len(self.mask):
+            why = "E0314", f"input `{ids_name}` has batch {len(ids)}; the session's batch " \
+                f"is {len(self.mask)} since `prefill`", "call `prefill` to start a new batch"
+        if why:
+            raise ArchcError([Diagnostic(why[0], why[1], notes=("in the session's inputs",),
+                                         help=why[2])])
 
 
 def incremental_logits(graph: Graph, weights, input_ids, attention_mask, prefill: int,
@@ -99,6 +123,8 @@ def generate(graph: Graph, weights, input_ids, steps: int, backend: str = "numpy
 def _greedy(s: Session, prompt: np.ndarray, steps: int) -> np.ndarray:
     from archc.progress import bar
 
+    if not isinstance(steps, int | np.integer) or steps < 0:
+        raise ValueError(f"`steps` must be an integer >= 0, got {steps!r}")
     ids, logits = prompt, s.prefill(prompt)
     with bar(steps, "generating", "tok") as b:
         for _ in range(steps):

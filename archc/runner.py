@@ -11,6 +11,8 @@ returns every output by name. `archc.Session` (archc/kvcache.py) drives one acro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from archc.inputs import GraphFacts, validate
@@ -26,6 +28,12 @@ class Runner:
                  backend: str = "numpy", seed: int = 0):
         if backend not in ("numpy", "onnxruntime"):
             raise ValueError(f"unknown backend `{backend}` (numpy or onnxruntime)")
+        if not isinstance(graph, Graph):
+            raise TypeError(f"Runner takes a Graph (`archc.compile(text)`, `archc.lower(...)`), "
+                            f"not a {type(graph).__name__}")
+        if weights is not None and not isinstance(weights, Mapping):
+            raise TypeError(f"weights are a dict of parameter name -> array, not a "
+                            f"{type(weights).__name__}")
         weights = init_params(graph, seed) if weights is None else weights
         check_weights(graph, {k: weights[k] for k in graph.params if k in weights},
                       "the given weights")

@@ -131,13 +131,13 @@ def check_weights(graph: Graph, weights: dict[str, np.ndarray], source: str) -> 
             diags.append(Diagnostic("E0308", f"weight `{name}` is {have}: a "
                                     f"{graph.params[name].type.dtype} parameter needs {kind} "
                                     "array", notes=(f"in {source}",)))
-        elif tuple(weights[name].shape) != want:
+        elif np.shape(weights[name]) != want:  # np.shape: a nested list has one too
             diags.append(Diagnostic("E0301", f"weight `{name}` has shape "
-                                    f"{fmt_shape(tuple(weights[name].shape))}, the spec needs "
+                                    f"{fmt_shape(np.shape(weights[name]))}, the spec needs "
                                     f"{fmt_shape(want)}", notes=(f"in {source}",)))
     for name in sorted(set(weights) - set(graph.params)):
         diags.append(Diagnostic("E0302", f"unexpected weight `{name}` "
-                                f"{fmt_shape(tuple(weights[name].shape))}: no such parameter",
+                                f"{fmt_shape(np.shape(weights[name]))}: no such parameter",
                                 notes=(f"in {source}",)))
     if diags:
         raise ArchcError(diags)
