@@ -3,9 +3,10 @@ peak RSS, per kernel archc can lower `sdpa` to, at growing T (issue 13: "attenti
 per layer in long prefill").
 
 One causal self-attention of the benchmark LLaMA's shape (8 query heads, 2 kv heads of 64,
-batch 1), float32, onnxruntime CPU, 2 threads, each kernel at each T in a fresh process (peak
-RSS only grows): the growth of ru_maxrss over one run after the session is built and its
-inputs exist. For scale, the T x T probabilities of 8 heads are 8 T^2 4 bytes.
+batch 1), float32, onnxruntime CPU, 2 threads, each kernel at each T in a fresh process: the
+resident set's peak during one run over what it was after the session was built and its
+inputs made (sampled every 0.5 ms). For scale, the T x T probabilities of 8 heads are
+8 T^2 4 bytes.
 
 - `gqa`: com.microsoft GroupQueryAttention, what archc's fast path runs (a right-padded or
   unpadded batch; sliding windows through local_window_size);
@@ -26,6 +27,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 H, KV, D = 8, 2, 64
 MODEL = """model llama55 {
@@ -43,38 +46,65 @@ MODEL = """model llama55 {
 
 
 def _model(gated: bool) -> bytes:
-    """The -O2 ONNX of MODEL (seeded weights), with or without the exact-values gate."""
+    """The -O2 ONNX of MODEL (seeded weights), with or without the exact-values gate. Made in
+    the parent and read from a file by the child: exporting raises the peak RSS by more than a
+    run does."""
     import archc
     from archc.backends import onnx_export
 
+    g = archc.optimize(archc.lower(archc.parse(MODEL, "llama55.arch")), 2)
+    gate = onnx_export.gate_else_only
     if not gated:
         onnx_export.gate_else_only = lambda nodes, *_: nodes
-    g = archc.optimize(archc.lower(archc.parse(MODEL, "llama55.arch")), 2)
-    return onnx_export.model_bytes(onnx_export.export_onnx(g, archc.init_params(g, seed=0)))
+    try:
+        return onnx_export.model_bytes(onnx_export.export_onnx(g, archc.init_params(g, seed=0)))
+    finally:
+        onnx_export.gate_else_only = gate
 
 
-def measure(kind: str, s: int) -> tuple[float, float]:
+def measure(kind: str, s: int, model_file: str | None = None) -> tuple[float, float]:
     """(peak RSS growth in MiB, seconds) of one call, in this process."""
-    import resource
-    import time
-
     import numpy as np
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.log_severity_level = 2, 3
     if kind.startswith("model"):
-        sess = ort.InferenceSession(_model(kind == "model"), opts,
-                                    providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(model_file, opts, providers=["CPUExecutionProvider"])
         feeds = {"input_ids": np.random.default_rng(0).integers(0, 32000, (1, s)),
                  "attention_mask": np.ones((1, s), np.int64)}
     else:
         sess, feeds = _one_call(kind, s, opts)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return _peak_growth(lambda: sess.run(None, feeds))
+
+
+def _peak_growth(call) -> tuple[float, float]:
+    """(MiB, seconds): the resident set's peak during `call()` over what it was before, sampled
+    every 0.5 ms from /proc/self/statm (ru_maxrss would count building the session, whose
+    peak is over the run's for a whole model)."""
+    import os
+    import threading
+    import time
+
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+    before, peak, done = rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.0005)
+    watcher = threading.Thread(target=sample)
+    watcher.start()
     t = time.perf_counter()
-    sess.run(None, feeds)
+    call()
     took = time.perf_counter() - t
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, took
+    done.set()
+    watcher.join()
+    return (max(peak[0], rss()) - before) / 2**20, took
 
 
 def _one_call(kind: str, s: int, opts):
@@ -115,21 +145,32 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seqs", default="1024,2048,4096")
     ap.add_argument("--kinds", default="gqa,onnx,mha")
-    ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # KIND T, in the child
+    ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # KIND T [FILE], in the child
     args = ap.parse_args()
     if args.one:
-        mib, took = measure(args.one[0], int(args.one[1]))
+        mib, took = measure(args.one[0], int(args.one[1]), *args.one[2:])
         print(f"{mib:.1f} {took:.4f}")
         return
-    seqs = [int(x) for x in args.seqs.split(",")]
+    seqs, kinds = [int(x) for x in args.seqs.split(",")], args.kinds.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for kind in kinds:
+            if kind.startswith("model"):
+                files[kind] = [str(Path(tmp) / f"{kind}.onnx")]
+                Path(files[kind][0]).write_bytes(_model(kind == "model"))
+        _table(seqs, kinds, files)
+
+
+def _table(seqs: list[int], kinds: list[str], files: dict[str, list[str]]) -> None:
     print(f"causal self-attention, {H} heads / {KV} kv heads of {D}, batch 1, float32, "
           "onnxruntime CPU, 2 threads; peak RSS growth of one call, MiB (ms); model: the "
           "whole 8-layer model of that shape")
     print(f"{'kernel':14s}" + "".join(f"{f'T={s}':>22s}" for s in seqs))
-    for kind in args.kinds.split(","):
+    for kind in kinds:
         row = []
         for s in seqs:
-            out = subprocess.run([sys.executable, __file__, "--one", kind, str(s)],
+            out = subprocess.run([sys.executable, __file__, "--one", kind, str(s),
+                                  *files.get(kind, ())],
                                  capture_output=True, text=True, check=True).stdout.split()
             row.append(f"{float(out[0]):8.0f} ({float(out[1]) * 1e3:6.0f} ms)")
         print(f"{kind:14s}" + "".join(f"{x:>22s}" for x in row))
