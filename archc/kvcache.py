@@ -17,12 +17,15 @@ tokens and `present.N.key/value`. `Session` keeps the cache and the mask between
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from archc.diagnostics import ArchcError, Diagnostic
 from archc.frontend import ast
 from archc.ir.graph import Graph
 from archc.runner import Runner
+from archc.weights import ArchcWarning
 
 
 class Session:
@@ -42,6 +45,8 @@ class Session:
         self.context: dict[str, np.ndarray] = {}  # inputs that stay fixed across steps
         self.past: dict[str, np.ndarray] = {}
         self.mask: np.ndarray | None = None
+        self.context_length = graph.meta.get("serving", {}).get("context_length")
+        self._warned = False
 
     def _empty(self, batch: int) -> dict[str, np.ndarray]:
         out = {}
@@ -79,8 +84,19 @@ class Session:
                  if k not in self.states}
         out = self.run.run_checked({**feeds, **self.past})
         self.mask = feeds.get(self.mask_name, mask)  # only a step that ran moves it on
+        self._past_context(self.mask.shape[1])
         self.past = {name: out[result] for name, result in self.states.items()}
         return out[self.output]
+
+    def _past_context(self, length: int) -> None:
+        """Warn once when the session runs past the spec's `serving context_length`: a rotary
+        model still runs there, on positions it never saw in training (as transformers warns)."""
+        if self.context_length and length > self.context_length and not self._warned:
+            self._warned = True
+            warnings.warn(ArchcWarning(Diagnostic(
+                "E0601", f"{length} tokens are past the model's context length "
+                f"({self.context_length}, from its `serving` statement)", severity="warning",
+                help="the model runs on, on positions it was not trained for")), stacklevel=4)
 
     def _check_step(self, ids: np.ndarray, new: np.ndarray) -> None:
         """What `validate` cannot see once the mask is joined to the past one: the new mask

@@ -179,3 +179,38 @@ def test_the_old_comment_refused_even_when_malformed_or_indented():
         diags[0].help
     assert legacy_comments("s.arch", "# serves: {}\nx = 1  # serving: {}\n", "m") == []
     assert statement({"eos_token_id": {"a": 1}}) is None and statement({}) is None
+
+
+# ---------------------------------------------------------------- past the context length
+DECODER = """model ctx {
+  let vocab = 50, d = 16, heads = 2
+  input input_ids: int64[batch, seq]
+  input attention_mask: int64[batch, seq]
+  serving eos_token_id = 2, context_length = 6
+  x = embed(input_ids, vocab, d) as wte
+  x = x + attention(rms_norm(x) as n1, heads, causal, mask = attention_mask, rope = rope()) as attn
+  output logits = lm_head(rms_norm(x) as nf, vocab)
+}
+"""
+
+
+@pytest.mark.parametrize("steps, warned", [(3, False), (5, True)])
+def test_generating_past_the_context_length_warns_once(steps, warned):
+    """A rotary model runs on past `context_length` (as transformers' generate, which warns):
+    one warning when the session first holds more tokens than that, none up to it."""
+    import warnings
+
+    import numpy as np
+
+    from archc.kvcache import generate
+    from archc.weights import ArchcWarning
+
+    graph = lower(archc.parse(DECODER, "ctx.arch"), cache=True)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = generate(graph, archc.init_params(graph), np.array([[1, 2, 3]]), steps)
+    assert out.shape == (1, 3 + steps)
+    got = [str(w.message) for w in seen if issubclass(w.category, ArchcWarning)]
+    assert got == (["warning[E0601]: 7 tokens are past the model's context length (6, from "
+                    "its `serving` statement)\n  = help: the model runs on, on positions it "
+                    "was not trained for\n"] if warned else [])
