@@ -12,9 +12,10 @@ inputs made (sampled every 0.5 ms). For scale, the T x T probabilities of 8 head
   unpadded batch; sliding windows through local_window_size);
 - `onnx`: ONNX Attention (opset 23) with is_causal, archc's exact path without a bias;
 - `mha`: com.microsoft MultiHeadAttention (unidirectional), for reference;
-- `model`: the whole LLaMA-shaped model (8 layers, hidden 512, vocab 32000, 55M parameters),
-  `-O2`, one prefill 1 x T with an all-ones mask: every layer takes the fast path, and the
-  [1, 1, T, T] bias only the exact branches read is not built (archc/backends/onnx_gate.py);
+- `model`: the whole benchmark LLaMA (benchmarks/quantized_decode.py: 8 layers, hidden 512,
+  8/2 heads of 64, vocab 32000) at `-O2`, one prefill 1 x T with an all-ones mask: every
+  layer takes the fast path, and the [1, 1, T, T] bias only the exact branches read is not
+  built (archc/backends/onnx_gate.py);
 - `model_ungated`: the same export with that bias in the main graph, built on every run (as
   before the gate). The [T, 32000] logits (125 MiB at T = 1024) are in both.
 
@@ -31,28 +32,19 @@ import tempfile
 from pathlib import Path
 
 H, KV, D = 8, 2, 64
-MODEL = """model llama55 {
-  let vocab = 32000, d = 512, heads = 8, kv = 2, ff = 1376, layers = 8, eps = 1e-6
-  input input_ids: int64[batch, seq]
-  input attention_mask: int64[batch, seq]
-  x = embed(input_ids, vocab, d) as embed_tokens
-  repeat layers as layers {
-    x = x + attention(rms_norm(x, eps) as input_norm, heads, kv_heads = kv, causal,
-                      mask = attention_mask, rope = rope(theta = 10000), bias = false) as attn
-    x = x + swiglu(rms_norm(x, eps) as post_attention_norm, ff) as mlp
-  }
-  output logits = lm_head(rms_norm(x, eps) as norm, vocab)
-}"""
 
 
 def _model(gated: bool) -> bytes:
-    """The -O2 ONNX of MODEL (seeded weights), with or without the exact-values gate. Made in
-    the parent and read from a file by the child: exporting raises the peak RSS by more than a
-    run does."""
+    """The -O2 ONNX of the benchmark LLaMA (seeded weights), with or without the exact-values
+    gate. Made in the parent and read from a file by the child: exporting raises the peak RSS
+    by more than a run does."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quantized_decode import SPEC  # the benchmark LLaMA, one text
+
     import archc
     from archc.backends import onnx_export
 
-    g = archc.optimize(archc.lower(archc.parse(MODEL, "llama55.arch")), 2)
+    g = archc.optimize(archc.lower(archc.parse(SPEC, "llama_bench.arch")), 2)
     gate = onnx_export.gate_else_only
     if not gated:
         onnx_export.gate_else_only = lambda nodes, *_: nodes

@@ -12,6 +12,20 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 SPECS = sorted((ROOT / "specs").glob("*.arch"))
 UPDATE = bool(os.environ.get("ARCHC_UPDATE_GOLDEN"))
+# a one-layer GPT-2-style decoder, for the tests of hostile input and flags
+TINY = """model tiny {
+  let vocab = 50, d = 16, heads = 2, layers = 1, eps = 1e-5
+  serving eos_token_id = 2, context_length = 12
+  input input_ids: int64[batch, seq]
+  input attention_mask: int64[batch, seq]
+  x = embed(input_ids, vocab, d) as wte
+  x = x + pos_embed(input_ids, 12, d) as wpe
+  repeat layers as h {
+    x = x + attention(layer_norm(x, eps) as ln_1, heads, causal, mask = attention_mask) as attn
+  }
+  output logits = lm_head(layer_norm(x, eps) as ln_f, vocab, tied = wte)
+}
+"""
 
 
 def check_golden(path: Path, actual: str) -> None:

@@ -7,25 +7,13 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, TINY
 
 import archc
 from archc.cli import main
 from archc.diagnostics import ArchcError
 from archc.hf import import_hf
 
-TINY = """model tiny {
-  let vocab = 50, d = 16, heads = 2, layers = 1, eps = 1e-5
-  input input_ids: int64[batch, seq]
-  input attention_mask: int64[batch, seq]
-  x = embed(input_ids, vocab, d) as wte
-  x = x + pos_embed(input_ids, 12, d) as wpe
-  repeat layers as h {
-    x = x + attention(layer_norm(x, eps) as ln_1, heads, causal, mask = attention_mask) as attn
-  }
-  output logits = lm_head(layer_norm(x, eps) as ln_f, vocab, tied = wte)
-}
-"""
 BACKENDS = ("numpy", "onnxruntime")
 IDS = np.array([[1, 2, 3, 4], [5, 6, 7, 0]], np.int64)
 MASK = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], np.int64)
