@@ -417,3 +417,18 @@ model m {
     assert "error[E0201]: the keys f32[batch,8] have no sequence axis 2" in str(e.value)
     assert "E0900" not in str(e.value)
     lower(archc.parse_file(SPECS / "t5_small_style.arch"))  # relative_bias: axis = 1 on 3-D
+
+
+@pytest.mark.parametrize("call, rank", [("sinusoidal(ids, 16)", 1), ("positions(ids)", 1),
+                                        ("positions(ids, axis = -3)", 2)])
+def test_positions_of_a_tensor_without_its_axis_is_a_diagnostic(call, rank):
+    """A fuzzed sandwich LM (seed 2026113000002043: `input_ids: int64[batch]`) fed
+    `sinusoidal` ids without a sequence axis; positions read shape[1] and crashed (E0900).
+    Now: E0201 at the call, naming the axis and the type."""
+    dims = "batch, seq" if rank == 2 else "batch"
+    text = f"model m {{\n  input ids: int64[{dims}]\n  output y = {call}\n}}\n"
+    with pytest.raises(ArchcError) as e:
+        lower(archc.parse(text, "m.arch"))
+    axis = "-3" if "-3" in call else "1"
+    assert f"error[E0201]: positions along axis {axis} of i64[{dims.replace(' ', '')}]: it " \
+        "has no such axis\n --> m.arch:3:14" in str(e.value)

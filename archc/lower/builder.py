@@ -92,12 +92,16 @@ class LayerBuilder:
         """Absolute positions of x's entries along `axis`, read from the graph input that
         defines that dim's symbol when it has one, so that every layer's positions (and masks)
         are one node. With a KV cache, new tokens start after the past ones."""
+        if not -x.type.rank <= axis < x.type.rank:  # `sinusoidal(ids)` of ids [batch]
+            self.fail("E0201", f"positions along axis {axis} of {x.type}: it has no such axis",
+                      "this needs a sequence axis", help="token ids are [batch, seq]")
+        axis %= x.type.rank
         d = x.type.shape[axis]
         for inp in self.graph.inputs.values():
             if isinstance(d, str) and d in inp.type.shape:
                 x, axis = inp, inp.type.shape.index(d)
                 break
-        pos = self.op("positions", x, axis=axis % x.type.rank)
+        pos = self.op("positions", x, axis=axis % x.type.rank)  # x may be the input now
         past = self.past_length(d) if self.cache and isinstance(d, str) else None
         return pos if past is None else self.op("add", pos, past)
 

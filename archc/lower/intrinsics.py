@@ -92,7 +92,7 @@ def require(b, cond, message, at, label, help):
 @layer("positions", 1, Arg("x", T), Arg("axis", "int", 1), owns=False,
        doc="positions along x's axis (int64 [T]); with a KV cache, offset by the past length")
 def positions(b, x, axis):
-    return b.positions(x, axis % x.type.rank)
+    return b.positions(x, axis)
 
 
 @layer("key_positions", 1, Arg("k", T), Arg("axis", "int", 2), owns=False,
