@@ -1,10 +1,8 @@
 """Run an exported model with onnxruntime: CUDA when the installed build offers it, else CPU.
 
 `run_cached(graph, inputs, weights)` exports and builds a session once per (graph, weights) and
-reuses it: a repeated call only runs. The key is the graph's structure (its node ids in order,
-so a pass that rewrites the graph in place makes a new key) and the identity of each weight
-array (the cache holds them, so an id is never reused while cached). Mutating a weight array in
-place is not seen: call `clear_session_cache()` after doing that.
+reuses it: a repeated call only runs. What a key stands for is in archc/backends/cache.py;
+mutating a weight array in place is not seen: call `clear_session_cache()` after doing that.
 """
 
 from __future__ import annotations
