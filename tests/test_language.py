@@ -432,3 +432,106 @@ def test_positions_of_a_tensor_without_its_axis_is_a_diagnostic(call, rank):
     axis = "-3" if "-3" in call else "1"
     assert f"error[E0201]: positions along axis {axis} of i64[{dims.replace(' ', '')}]: it " \
         "has no such axis\n --> m.arch:3:14" in str(e.value)
+
+
+# Found by a sweep calling every primitive, intrinsic and library block with arguments of the
+# wrong rank, dtype or value: each crashed inside archc (an IndexError, TypeError, MemoryError,
+# a NumPy or onnx checker error: E0900 at the CLI) and is now a diagnostic at the call.
+_SWEEP = ("model m {{\n  input x: float32[batch, seq, 8]\n  input ids: int64[batch, seq]\n"
+          "  input h: float32[batch, 2, seq, 4]\n  input p: float32[4]\n  output y = {call}\n}}\n")
+
+
+@pytest.mark.parametrize("call, line", [
+    ("tail(x, x, axis = 3)", "error[E0201]: `axis` = 3 is out of range for f32[batch,seq,8]"),
+    ("tail(x, ids, like_axis = -3)",
+     "error[E0201]: `like_axis` = -3 is out of range for i64[batch,seq]"),
+    ("causal_mask(argmax(p), positions(x))", "error[E0201]: shape mismatch: query positions "
+     "must be int64[T] (from `positions`), got i64[]"),
+    ("band_mask(positions(x), x, 2)", "error[E0201]: shape mismatch: key positions must be "
+     "int64[T] (from `positions`), got f32[batch,seq,8]"),
+    ("relative_buckets(sum(p), positions(x))", "error[E0201]: shape mismatch: query positions "
+     "must be int64[T] (from `positions`), got f32[]"),
+    ("relative_bias(x, 2, buckets = 1)", "error[E0200]: `buckets` = 1 is too few: relative "
+     "buckets need at least 4 when bidirectional"),
+    ("relative_buckets(positions(x), positions(x), 8, 2)", "error[E0200]: `max_distance` = 2 "
+     "must be above the 2 distances that 8 buckets keep exact"),
+    ("routed([], 1)", "error[E0201]: `weights` must be a list of expert weights [experts, ...]"),
+    ("routed([param(4, 8) as w], 5)", "error[E0201]: routed weights f32[4,8] with `top_k` = 5: "
+     "needs one expert count E on axis 0 and 1 <= top_k <= E"),
+    ("rotary(sum(p), positions(x), rope())",
+     "error[E0201]: `rotary` needs x [batch, heads, seq, head_dim], got f32[]"),
+    ("rope(short_factor = [x, x])", "error[E0104]: `short_factor` must be a list of numbers"),
+    ("arange(1000000000000)", "error[E0200]: a constant [1000000000000] would take 7.28 TiB, "
+     "over the limit of 16 GiB"),
+    ("ones(1000000000000, 3)", "error[E0200]: a constant [1000000000000, 3] would take 10.9 "
+     "TiB, over the limit of 16 GiB"),
+    ("maximum(1e300, ids)",
+     "error[E0200]: `x` = 1e+300 does not fit int64, the dtype of i64[batch,seq]"),
+    ("ids + 1e300",
+     "error[E0104]: cannot apply `+` to a tensor i64[batch,seq] and the number 1e+300"),
+    ("alibi_slopes(1000000000000)", "error[E0200]: `heads` = 1000000000000 must be in 1..65536"),
+    ("bigbird_layout(1000000000000, 2, 2)", "error[E0200]: BigBird's layout of 2 heads x "
+     "500000000000 blocks (length 1000000000000, block_size 2) is over the compile-time limit "
+     "of 16,777,216 block pairs"),
+    ("reshape(x, [-1, -1])", "error[E0104]: `shape` can hold -1 only once"),
+    ("split_heads(x, 2, 1)", "error[E0201]: shape mismatch in `split_heads`: cannot reshape `x` "
+     "(f32[batch,seq,8], 8 elements per batch*seq) to [batch, seq, 2, 1] (2 elements per "
+     "batch*seq)"),
+    ("tanh(ids)", "error[E0201]: shape mismatch: `x` is i64[batch,seq]: needs float32"),
+    ("softmax(ids)", "error[E0201]: shape mismatch: `x` is i64[batch,seq]: needs float32"),
+    ("silu(ids > 0)", "error[E0201]: shape mismatch: `x` is b8[batch,seq]: needs float32"),
+    ("concat(ids, x)", "error[E0201]: shape mismatch: cannot concat i64[batch,seq] and "
+     "f32[batch,seq,8]: different dtypes"),
+    ("ids @ x", "error[E0201]: shape mismatch: matmul needs two float32 or two int64 operands, "
+     "got i64[batch,seq] and f32[batch,seq,8]"),
+    ("moe_gates(x, 9)", "error[E0200]: `k` = 9 must be in 1..8 (the experts in "
+     "f32[batch,seq,8])"),
+    ("repeat_kv(h, -1)", "error[E0200]: `groups` = -1 must be positive"),
+    ("sinusoidal(ids, -2)", "error[E0200]: sinusoidal positions need a positive dim, got -2"),
+])
+def test_wrong_rank_dtype_or_value_is_a_diagnostic_not_a_crash(call, line):
+    with pytest.raises(ArchcError) as e:
+        lower(archc.parse(_SWEEP.format(call=call), "m.arch"))
+    assert str(e.value).splitlines()[0] == line
+    assert "E0900" not in str(e.value)
+
+
+@pytest.mark.parametrize("call", ["relu(ids)", "abs(ids)", "reshape(x, [-1, 16])",
+                                  "gelu_tanh(sum(p)) + x", "moe_gates(x, 8)",
+                                  "tail(x, ids, axis = -2, like_axis = -1)"])
+def test_what_the_sweep_fixes_did_not_refuse(call):
+    """The neighbours of those refusals still lower and run: int64 relu/abs, a -1 that a
+    symbolic size may divide, gelu of a rank-0 tensor (NumPy's tanh(out=) of a scalar
+    crashed; onnxruntime's FastGelu takes no rank-0 input, so NumPy only), every expert kept,
+    negative axes."""
+    g = archc.optimize(lower(archc.parse(_SWEEP.format(call=call), "m.arch")), 2)
+    feeds = {"x": rng.normal(size=(2, 4, 8)).astype(np.float32), "ids": _ids(2, 4),
+             "h": rng.normal(size=(2, 2, 4, 4)).astype(np.float32),
+             "p": rng.normal(size=4).astype(np.float32)}
+    if "gelu" in call:
+        assert archc.run(g, feeds, archc.init_params(g))["y"].shape == (2, 4, 8)
+    else:
+        _run_both(g, feeds, archc.init_params(g))
+
+
+def test_longrope_factors_must_match_the_rotary_dims():
+    """Fuzz seed 777000004212: a Phi-3 config whose `partial_rotary_factor` key was mistyped
+    gave 8 rotary dims, but its longrope lists held 2 factors each; the frequency table failed
+    to broadcast (E0900). Now: E0200 counting both, and the right count still lowers."""
+    text = """model m {
+  input input_ids: int64[batch, seq]
+  input attention_mask: int64[batch, seq]
+  r = rope(scaling = longrope, original_max = 6, short_factor = SHORT, long_factor = [3.0, 7.0])
+  x = embed(input_ids, 50, 16)
+  output y = attention(x, 2, causal, mask = attention_mask, rope = r)
+}
+"""
+    with pytest.raises(ArchcError) as e:
+        lower(archc.parse(text.replace("SHORT", "[1.0, 1.5]"), "m.arch"))
+    assert "error[E0200]: longrope has 2 short and 2 long factors; 8 rotary dims need 4 of " \
+        "each" in str(e.value) and "E0900" not in str(e.value)
+    four = text.replace("SHORT", "[1.0, 1.5, 2.0, 2.5]").replace("[3.0, 7.0]", "[3, 4, 5, 7]")
+    g = lower(archc.parse(four, "m.arch"))
+    ones = np.ones((1, 3), np.int64)
+    out = archc.run(g, {"input_ids": ones, "attention_mask": ones}, archc.init_params(g))["y"]
+    assert out.shape == (1, 3, 16) and np.isfinite(out).all()

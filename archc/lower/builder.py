@@ -16,6 +16,7 @@ import numpy as np
 from archc.diagnostics import Collector, Span
 from archc.ir.graph import Graph, Node
 from archc.ir.types import ShapeError, TensorType, fmt_shape
+from archc.limits import ENV, fmt_bytes, max_bytes, nbytes
 from archc.lower.signature import POISON
 from archc.ops import OPS
 
@@ -72,6 +73,15 @@ class LayerBuilder:
         self.uses[name] += 1
         attrs = {"init": init} if role == "other" else {"init": init, "role": role}
         return self.graph.add_param(name, TensorType("float32", tuple(shape)), **attrs)
+
+    def const_budget(self, shape: tuple[int, ...], itemsize: int, arg: str) -> None:
+        """Refuse, at the argument `arg`, a compile-time constant over the memory budget
+        (`ones(10 ** 12)`), before it is allocated."""
+        size = nbytes(shape, itemsize)
+        if size > max_bytes():
+            self.fail("E0200", f"a constant {list(shape)} would take {fmt_bytes(size)}, over "
+                      f"the limit of {fmt_bytes(max_bytes())}", "too large",
+                      span=self.at(arg), help=f"{ENV} sets the limit")
 
     def reuse(self, param: Node) -> Node:
         """Use an existing parameter again (tied weights): counted, not created."""

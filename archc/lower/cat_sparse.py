@@ -96,6 +96,10 @@ def bigbird_layout(b: LayerBuilder, length, block_size, heads, window, global_bl
             _stop(b, f"`{arg}` = {given[arg]} {text}", arg)
     if -(-length // block) <= 2 * global_blocks:
         return (None, None)
+    if heads * (-(-length // block)) ** 2 > MAX_LAYOUT:  # the draw's priorities, in Python
+        _stop(b, f"BigBird's layout of {heads} heads x {-(-length // block)} blocks "
+              f"(length {length}, block_size {block}) is over the compile-time limit of "
+              f"{MAX_LAYOUT:,} block pairs", "length", help="use a larger `block_size`")
     blocks, keep = bigbird_table(length, block, heads, window, global_blocks, random, seed)
     return (b.const(blocks, np.int64), b.const(keep, np.bool_))
 
@@ -111,6 +115,7 @@ def _stop(b: LayerBuilder, message: str, arg: str, help: str | None = None):
         raise Abort from None
 
 
+MAX_LAYOUT = 2**24  # heads * blocks^2: 16 heads of 1024 blocks
 MAX_DRAW_FLOPS = 2 * 10**11  # compile-time QR work: about a second; a 4096-wide head fits
 
 

@@ -24,6 +24,7 @@ T = "tensor"
 INITS = ("xavier", "he", "normal", "ones", "zeros")
 MAX_PARAM_DIM = 2**40
 MAX_PARAM_ELEMENTS = 2**52  # past any real layer (stats may count giants), short of int64 overflow
+MAX_HEADS = 2**16  # alibi_slopes builds its table in Python, one slope per head
 ROLES = ("other", "token_embedding", "position_embedding", "token_type_embedding", "head")
 
 
@@ -150,6 +151,11 @@ def mask_fill(b, x, keep):
 @layer("tail", 2, Arg("x", T), Arg("like", T), Arg("axis", "int", 1), Arg("like_axis", "int", 1),
        owns=False, doc="the last dim(like, like_axis) entries of x along axis")
 def tail(b, x, like, axis, like_axis):
+    for arg, t, ax in (("axis", x, axis), ("like_axis", like, like_axis)):
+        if not -t.type.rank <= ax < t.type.rank:
+            b.fail("E0201", f"`{arg}` = {ax} is out of range for {t.type}", f"rank {t.type.rank}",
+                   span=b.at(arg))
+    axis, like_axis = axis % x.type.rank, like_axis % like.type.rank
     if x.type.shape[axis] == like.type.shape[like_axis]:
         return x
     return b.op("tail", x, like, axis=axis, ref_axis=like_axis)
@@ -202,12 +208,17 @@ def encoder_cache(b, k, v):
 @layer("repeat_kv", 2, Arg("x", T), Arg("groups", "int"), owns=False,
        doc="[B, KV, S, D] -> [B, KV*groups, S, D], each kv head repeated groups times")
 def repeat_kv(b, x, groups):
+    if groups < 1:
+        b.fail("E0200", f"`groups` = {groups} must be positive", "here", span=b.at("groups"))
     return x if groups == 1 else b.op("repeat_kv", x, groups=groups)
 
 
 @layer("rotary", 3, Arg("x", T), Arg("pos", T), Arg("rope", "rope"), owns=False,
        doc="rotate x [B, H, T, D] by positions pos with a `rope(...)` config")
 def rotary(b, x, pos, rope: Rope):
+    if x.type.rank != 4:
+        b.fail("E0201", f"`rotary` needs x [batch, heads, seq, head_dim], got {x.type}", "here",
+               span=b.at("x"))
     hd = b.dim(x)
     rot = rope_dims(rope, hd)
     if rot % 2 or not 0 < rot <= hd:
@@ -238,6 +249,12 @@ def _scaled_angles(b: LayerBuilder, pos: Node, rope: Rope, rot: int) -> Node:
         b.fail("E0200", f"`{rope.scaling}` rope needs positions [seq], got {pos.type}", "here")
     length = b.op("add", b.op("reduce_max", pos, axis=0, keepdims=True), b.const(1, np.int64))
     if rope.scaling == "longrope":
+        counts = {len(rope.short_factor), len(rope.long_factor)}
+        if counts != {rot // 2}:  # per-frequency factors, as many as the rotary dims' halves
+            b.fail("E0200", f"longrope has {len(rope.short_factor)} short and "
+                   f"{len(rope.long_factor)} long factors; {rot} rotary dims need {rot // 2} "
+                   "of each", "here", span=b.at("rope"),
+                   help="one factor per frequency: rotary dims = head dim x fraction")
         long = b.op("greater", length, b.const(rope.original_max, np.int64))
         freq = b.op("where", long, b.const(inv_freq(rope, rot, long=True)),
                     b.const(inv_freq(rope, rot)))
@@ -265,6 +282,14 @@ def rope_dims_fn(b, rope, head_dim):
        Arg("max_distance", "int", 128), Arg("bidirectional", "bool", True), owns=False,
        doc="T5's bucket of each relative position key - query: [Tq, Tk] int64")
 def relative_buckets(b, qpos, kpos, buckets, max_distance, bidirectional):
+    exact = (buckets // 2 if bidirectional else buckets) // 2  # distances bucketed one by one
+    if exact < 1:
+        b.fail("E0200", f"`buckets` = {buckets} is too few: relative buckets need at least "
+               f"{4 if bidirectional else 2}{' when bidirectional' if bidirectional else ''}",
+               "here", span=b.at("buckets"))
+    if max_distance <= exact:
+        b.fail("E0200", f"`max_distance` = {max_distance} must be above the {exact} distances "
+               f"that {buckets} buckets keep exact", "here", span=b.at("max_distance"))
     return b.op("relative_buckets", qpos, kpos, num_buckets=buckets, max_distance=max_distance,
                 bidirectional=bidirectional)
 
@@ -273,21 +298,34 @@ def relative_buckets(b, qpos, kpos, buckets, max_distance, bidirectional):
 def alibi_slopes_fn(b, heads):
     from archc.ops.attention import alibi_slopes
 
-    if heads < 1:
-        b.fail("E0200", "`heads` must be positive", "here")
+    if not 1 <= heads <= MAX_HEADS:
+        b.fail("E0200", f"`heads` = {heads} must be in 1..{MAX_HEADS}", "here",
+               span=b.at("heads"))
     return b.const(alibi_slopes(heads))
 
 
 @layer("moe_gates", 2, Arg("logits", T), Arg("k", "int"), owns=False,
        doc="softmax over experts, keep the top k, renormalise: [..., E] -> [..., E]")
 def moe_gates(b, logits, k):
+    experts = logits.type.shape[-1] if logits.type.rank else None
+    if k < 1 or (isinstance(experts, int) and k > experts):
+        b.fail("E0200", f"`k` = {k} must be in 1..{experts} (the experts in {logits.type})",
+               "here", span=b.at("k"))
     return b.op("moe_gates", logits, k=k)
 
 
 @layer("routed", 2, Arg("weights", "list"), Arg("top_k", "int"), owns=False,
        doc="mark expert weights [E, ...] as routed, top_k of E per token (for active counts)")
 def routed(b, weights, top_k):
+    if not weights or not all(isinstance(w, Node) and w.type.rank >= 1 for w in weights):
+        b.fail("E0201", "`weights` must be a list of expert weights [experts, ...]",
+               f"this is {describe(weights)}", span=b.at("weights"))
     experts = weights[0].type.shape[0]
+    if any(w.type.shape[0] != experts for w in weights) or not (
+            top_k >= 1 and (not isinstance(experts, int) or top_k <= experts)):
+        b.fail("E0201", f"routed weights {', '.join(str(w.type) for w in weights)} with "
+               f"`top_k` = {top_k}: needs one expert count E on axis 0 and 1 <= top_k <= E",
+               "here")
     b.graph.meta.setdefault("moe", []).append(
         {"params": [w.name for w in weights], "experts": experts, "top_k": top_k})
     return weights

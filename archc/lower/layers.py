@@ -60,4 +60,7 @@ def sinusoidal(b, x, dim):
     if dim % 2:
         b.fail("E0200", f"sinusoidal positions need an even dim, got {dim}", "odd",
                span=b.at("dim"))
+    if dim < 2:
+        b.fail("E0200", f"sinusoidal positions need a positive dim, got {dim}", "not positive",
+               span=b.at("dim"))
     return b.op("sinusoidal", b.positions(x), dim=dim)

@@ -115,7 +115,8 @@ def as_tensor(ev, v, like: Node) -> Node | None:
         return size if like.type.dtype == "int64" else ev.emit(None, "cast", size, to="float32")
     if not is_num(v) or like.type.dtype == "bool":
         return None
-    if like.type.dtype == "int64" and isinstance(v, float) and not v.is_integer():
+    if like.type.dtype == "int64" and ((isinstance(v, float) and not v.is_integer())
+                                       or not -2**63 <= v < 2**63):  # `ids + 1e300`
         return None
     dtype = np.int64 if like.type.dtype == "int64" else np.float32
     return ev.graph.add_const(np.asarray(v, dtype), scope=ev.scope.prefix)

@@ -57,6 +57,10 @@ def _operand(b: LayerBuilder, v, like: Node, what: str) -> Node:
     from archc.lower.operators import as_tensor
 
     t = as_tensor(b.ev, v, like)
+    if t is None and isinstance(v, int | float) and not isinstance(v, bool) and \
+            like.type.dtype != "bool":
+        b.fail("E0200", f"`{what}` = {v} does not fit {like.type.dtype}, the dtype of "
+               f"{like.type}", "here", span=b.at(what))
     if t is None:
         b.fail("E0104", f"`{what}` must be a tensor or a number", f"this is {describe(v)}",
                span=b.at(what))
@@ -172,6 +176,9 @@ def _dims(b: LayerBuilder, dims, what: str) -> list:
        doc="new shape; -1 once for what is left; symbolic dims such as `seq` allowed")
 def reshape(b, x, shape):
     dims = _dims(b, shape, "shape")
+    if dims.count(-1) > 1:  # `[-1, -1]`: nothing says how to share what is left
+        b.fail("E0104", "`shape` can hold -1 only once", f"has {dims.count(-1)}",
+               span=b.at("shape"))
     static = []
     for i, d in enumerate(dims):  # a symbol kept in place copies the input's dim (ONNX 0)
         if isinstance(d, SymDim):
@@ -306,6 +313,7 @@ def full(b, shape, value, dtype):
     if -1 in dims:
         b.fail("E0104", "`shape` cannot hold -1 here", "here", span=b.at("shape"))
     if all(isinstance(d, int) for d in dims):
+        b.const_budget(dims, np.dtype(dtype).itemsize, "shape")
         return b.const(np.full(dims, value), np.dtype(dtype))
     return b.op("full", *(_size(b, d) for d in dims), value=value, dtype=dtype,
                 dims=tuple(d.name if isinstance(d, SymDim) else d for d in dims))
@@ -329,6 +337,7 @@ def arange(b, n):
         return b.op("positions", n.ref, axis=n.axis)
     if n < 1:
         b.fail("E0200", f"`arange({n})` is empty", "here")
+    b.const_budget((n,), 8, "n")
     return b.const(np.arange(n), np.int64)
 
 

@@ -55,6 +55,9 @@ def rope(b, theta, fraction, dim, interleaved, scaling, factor, original_max, ma
                    span=b.at("scaling"))
     if factor <= 0 or theta <= 0:
         b.fail("E0200", "`theta` and `factor` must be positive", "here")
+    for name, values in (("short_factor", short_factor), ("long_factor", long_factor)):
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            b.fail("E0104", f"`{name}` must be a list of numbers", "here", span=b.at(name))
     return Rope(theta, fraction, dim, interleaved, scaling, factor, original_max, max_pos,
                 low_freq_factor, high_freq_factor, beta_fast, beta_slow, attention_factor,
                 mscale, mscale_all_dim, truncate, tuple(map(float, short_factor)),

@@ -16,9 +16,16 @@ from archc.ir.types import ShapeError, TensorType
 from archc.ops.registry import expect_dtype, register_op
 
 
+def _positions_pair(qpos: TensorType, kpos: TensorType) -> tuple:
+    """[Tq], [Tk]: the query and key positions a mask or bucket table is built from."""
+    for what, t in (("query positions", qpos), ("key positions", kpos)):
+        if t.dtype != "int64" or t.rank != 1:
+            raise ShapeError(f"{what} must be int64[T] (from `positions`), got {t}")
+    return (qpos.shape[0], kpos.shape[0])
+
+
 def _causal_infer(qpos: TensorType, kpos: TensorType, window: int = 0) -> TensorType:
-    expect_dtype(qpos, "int64", what="query positions")
-    return TensorType("bool", (qpos.shape[-1], kpos.shape[-1]))
+    return TensorType("bool", _positions_pair(qpos, kpos))
 
 
 def _causal(qpos, kpos, window: int = 0):  # [Tq], [Tk] -> keep [Tq, Tk]
@@ -171,6 +178,8 @@ register_op("sinusoidal", 1, {"dim": True}, infer=_sin_infer, numpy=_sinusoidal,
 def _repeat_kv_infer(k: TensorType, groups: int) -> TensorType:
     if k.rank != 4 or not isinstance(k.shape[1], int):
         raise ShapeError(f"repeat_kv needs [B, KV, S, D] with static KV, got {k}")
+    if groups < 1:
+        raise ShapeError(f"repeat_kv needs groups >= 1, got {groups}")
     return k.with_shape((k.shape[0], k.shape[1] * groups, *k.shape[2:]))
 
 
@@ -189,7 +198,14 @@ register_op("repeat_kv", 1, {"groups": True}, infer=_repeat_kv_infer,
 
 def _buckets_infer(qpos: TensorType, kpos: TensorType, num_buckets: int, max_distance: int,
                    bidirectional: bool) -> TensorType:
-    return TensorType("int64", (qpos.shape[-1], kpos.shape[-1]))
+    exact = (num_buckets // 2 if bidirectional else num_buckets) // 2  # as `_buckets`
+    if exact < 1:
+        raise ShapeError(f"relative_buckets needs at least {4 if bidirectional else 2} buckets"
+                         f"{' when bidirectional' if bidirectional else ''}, got {num_buckets}")
+    if max_distance <= exact:
+        raise ShapeError(f"relative_buckets needs max_distance > {exact} (its exact buckets), "
+                         f"got {max_distance}")
+    return TensorType("int64", _positions_pair(qpos, kpos))
 
 
 def _buckets(qpos, kpos, num_buckets, max_distance, bidirectional):  # [Tq], [Tk] -> [Tq, Tk]

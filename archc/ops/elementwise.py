@@ -39,18 +39,31 @@ register_op("mod", 2, infer=_mod_infer, numpy=np.mod,
             onnx=lambda b, x, y: b.op("Mod", x, y, fmod=0))
 
 
-def _unop(name: str, fn, onnx_op: str) -> None:
-    register_op(name, 1, infer=same, numpy=fn, onnx=lambda b, x: b.op(onnx_op, x))
+def _unop(name: str, fn, onnx_op: str, *dtypes: str) -> None:
+    """A unary op; with `dtypes`, defined only on those (ONNX's Exp, Sin, ... take floats)."""
+    register_op(name, 1, infer=_numeric(*dtypes) if dtypes else same, numpy=fn,
+                onnx=lambda b, x: b.op(onnx_op, x))
+
+
+def _numeric(*dtypes: str):
+    """Shape rule of a unary op defined only on `dtypes` (log of an int64 is a spec bug)."""
+    def infer(x: TensorType, **_) -> TensorType:
+        if x.dtype not in dtypes:
+            raise ShapeError(f"`x` is {x}: needs {' or '.join(dtypes)}")
+        return x
+    return infer
 
 
 _unop("neg", np.negative, "Neg")
-_unop("exp", np.exp, "Exp")
-_unop("sqrt", np.sqrt, "Sqrt")
-_unop("tanh", np.tanh, "Tanh")
-_unop("cos", np.cos, "Cos")
-_unop("sin", np.sin, "Sin")
-_unop("relu", lambda x: np.maximum(x, 0).astype(x.dtype, copy=False), "Relu")
-_unop("sigmoid", lambda x: (1 / (1 + np.exp(-x))).astype(x.dtype, copy=False), "Sigmoid")
+_unop("exp", np.exp, "Exp", "float32")
+_unop("sqrt", np.sqrt, "Sqrt", "float32")
+_unop("tanh", np.tanh, "Tanh", "float32")
+_unop("cos", np.cos, "Cos", "float32")
+_unop("sin", np.sin, "Sin", "float32")
+_unop("relu", lambda x: np.maximum(x, 0).astype(x.dtype, copy=False), "Relu", "float32",
+      "int64")
+_unop("sigmoid", lambda x: (1 / (1 + np.exp(-x))).astype(x.dtype, copy=False), "Sigmoid",
+      "float32")
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -75,7 +88,8 @@ def erf(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.where(z < 3.0, series, tail)
 
 
-register_op("erf", 1, infer=same, numpy=lambda x: erf(x).astype(x.dtype, copy=False),
+register_op("erf", 1, infer=_numeric("float32"),
+            numpy=lambda x: erf(x).astype(x.dtype, copy=False),
             onnx=lambda b, x: b.op("Erf", x))
 
 
@@ -83,7 +97,7 @@ def _silu(x):  # x * sigmoid(x)
     return (x / (1 + np.exp(-x))).astype(x.dtype, copy=False)
 
 
-register_op("silu", 1, infer=same, numpy=_silu,
+register_op("silu", 1, infer=_numeric("float32"), numpy=_silu,
             onnx=lambda b, x: b.op("Mul", x, b.op("Sigmoid", x)))
 
 _GELU_C = np.sqrt(2 / np.pi)
@@ -95,7 +109,7 @@ def _gelu(x, approximate: str = "none"):
         # in place on one float64 buffer, and x*x*x, not x**3: NumPy's power has fast paths
         # for squares and roots only, and a pow per element cost more than a GPT-2 prefill's
         # matmuls. Same roundings as the formula written out (times 0.5 is exact).
-        y = x64 * x64
+        y = np.asarray(x64 * x64)  # an array even for a rank-0 x, so `out=y` works
         y *= x64
         y *= 0.044715
         y += x64
@@ -121,7 +135,8 @@ def _gelu_onnx(b, x, approximate: str = "none"):
     return b.op("Mul", half_x, b.op("Add", gate, b.scalar(1.0)))
 
 
-register_op("gelu", 1, {"approximate": False}, infer=same, numpy=_gelu, onnx=_gelu_onnx)
+register_op("gelu", 1, {"approximate": False}, infer=_numeric("float32"), numpy=_gelu,
+            onnx=_gelu_onnx)
 
 
 def _cast_infer(t: TensorType, to: str) -> TensorType:
@@ -191,15 +206,6 @@ register_op("logical_not", 1, infer=lambda t: _and_infer(t, t), numpy=np.logical
 def mismatch(a: str, ta: TensorType, b: str, tb: TensorType, why: str) -> ShapeError:
     """The one wording of a two-operand shape error: "`x` is f32[B,T,8] but `w` is f32[4,3]"."""
     return ShapeError(f"`{a}` is {ta} but `{b}` is {tb}: {why}")
-
-
-def _numeric(*dtypes: str):
-    """Shape rule of a unary op defined only on `dtypes` (log of an int64 is a spec bug)."""
-    def infer(x: TensorType, **_) -> TensorType:
-        if x.dtype not in dtypes:
-            raise ShapeError(f"`x` is {x}: needs {' or '.join(dtypes)}")
-        return x
-    return infer
 
 
 def _unop_typed(name: str, fn, onnx, *dtypes: str) -> None:

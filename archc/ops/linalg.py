@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from archc.ir.types import ShapeError, TensorType, broadcast
-from archc.ops.registry import register_op, same
+from archc.ops.registry import register_op
 
 
 def _matmul_infer(a: TensorType, b: TensorType) -> TensorType:
     if a.rank < 2 or b.rank < 2:
         raise ShapeError(f"matmul needs rank >= 2 operands, got {a} and {b}")
+    if a.dtype != b.dtype or a.dtype == "bool":
+        raise ShapeError(f"matmul needs two float32 or two int64 operands, got {a} and {b}")
     if a.shape[-1] != b.shape[-2]:
         raise ShapeError(f"matmul inner dims differ: {a} @ {b} ({a.shape[-1]} vs {b.shape[-2]})")
     batch = broadcast(a.shape[:-2], b.shape[:-2])
@@ -26,7 +28,13 @@ def _softmax(x, axis: int = -1):  # max-subtracted for stability
     return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype, copy=False)
 
 
-register_op("softmax", 1, {"axis": True}, infer=same, numpy=_softmax,
+def _float_infer(x: TensorType, **_) -> TensorType:
+    if x.dtype != "float32":
+        raise ShapeError(f"`x` is {x}: needs float32")
+    return x
+
+
+register_op("softmax", 1, {"axis": True}, infer=_float_infer, numpy=_softmax,
             onnx=lambda b, x, axis: b.op("Softmax", x, axis=axis))
 
 
@@ -83,4 +91,13 @@ def _moe_gates_onnx(b, logits, k: int):
     return b.op("ScatterElements", zeros, indices, norm, axis=-1)
 
 
-register_op("moe_gates", 1, {"k": True}, infer=same, numpy=_moe_gates, onnx=_moe_gates_onnx)
+def _moe_gates_infer(logits: TensorType, k: int) -> TensorType:
+    experts = logits.shape[-1] if logits.rank else None
+    if logits.rank == 0 or not (isinstance(experts, int) and 1 <= k <= experts):
+        raise ShapeError(f"`k` = {k} of the experts' logits {logits}: needs a static last "
+                         f"(experts) axis and 1 <= k <= experts")
+    return _float_infer(logits)
+
+
+register_op("moe_gates", 1, {"k": True}, infer=_moe_gates_infer, numpy=_moe_gates,
+            onnx=_moe_gates_onnx)

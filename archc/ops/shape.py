@@ -21,7 +21,9 @@ def _reshape_infer(x: TensorType, shape: tuple[int, ...]) -> TensorType:
             out[out.index(-1)] = symbols[0]
         else:
             raise ShapeError(f"cannot infer -1 when reshaping {x} to {fmt_shape(shape)}")
-    if all(isinstance(d, int) for d in (*out, *x.shape)) and numel(out) != numel(x.shape):
+    symbols = sorted(d for d in out if isinstance(d, str))  # the same symbols on both sides:
+    if symbols == sorted(d for d in x.shape if isinstance(d, str)) and \
+            numel(tuple(out)) != numel(x.shape):  # the static sizes must match
         raise ShapeError(f"cannot reshape {x} to {fmt_shape(tuple(out))}")
     return x.with_shape(out)
 
@@ -50,6 +52,8 @@ def _concat_infer(*ts: TensorType, axis: int) -> TensorType:
     first = ts[0]
     ax = axis % first.rank
     for t in ts[1:]:
+        if t.dtype != first.dtype:
+            raise ShapeError(f"cannot concat {first} and {t}: different dtypes")
         if t.rank != first.rank or any(a != c for i, (a, c) in enumerate(
                 zip(t.shape, first.shape)) if i != ax):
             raise ShapeError(f"cannot concat {first} and {t} on axis {axis}")
@@ -265,9 +269,12 @@ register_op("arange", 1, {"dim": True}, infer=_arange_infer,  # n -> [n]: 0, 1, 
 
 def _reshape_to_infer(x: TensorType, *sizes: TensorType, dims: tuple) -> TensorType:
     _check_sizes("reshape_to", sizes, dims)
-    if all(isinstance(d, int) for d in (*dims, *x.shape)) and numel(dims) != numel(x.shape):
-        raise ShapeError(f"cannot reshape `x` ({x}, {numel(x.shape)} elements) to "
-                         f"{fmt_shape(tuple(dims))} ({numel(dims)} elements)")
+    symbols = sorted(d for d in dims if isinstance(d, str))  # the same symbols both sides:
+    if symbols == sorted(d for d in x.shape if isinstance(d, str)) and \
+            numel(dims) != numel(x.shape):  # then the static sizes must match
+        per = f" per {'*'.join(symbols)}" if symbols else ""
+        raise ShapeError(f"cannot reshape `x` ({x}, {numel(x.shape)} elements{per}) to "
+                         f"{fmt_shape(tuple(dims))} ({numel(dims)} elements{per})")
     return x.with_shape(dims)
 
 
