@@ -362,9 +362,9 @@ def random_inputs(graph: Graph, batch: int, seq: int, seed: int) -> dict[str, np
     total = sum(nbytes(s, ITEMSIZE.get(graph.inputs[n].type.dtype, 8))
                 for n, s in shapes.items())
     check_bytes(total, f"random inputs of batch {batch} and seq {seq}")
-    check_activations(graph, {"batch": batch, **{d: seq for n in graph.inputs.values()
-                                                 for d in n.type.shape
-                                                 if isinstance(d, str) and d != "batch"}})
+    sizes = {"batch": batch, **{d: seq for n in graph.inputs.values() for d in n.type.shape
+                                if isinstance(d, str) and d != "batch"}}
+    check_activations(graph, sizes)
     rng = np.random.default_rng(seed)
     out = {}
     for name, node in graph.inputs.items():
@@ -376,7 +376,8 @@ def random_inputs(graph: Graph, batch: int, seq: int, seed: int) -> dict[str, np
                     out[name][:, 1:] = 0
                 continue
             rows = [u.inputs[0].type.shape[0] for u in graph.users(node) if u.op == "gather"
-                    and u.inputs[1] is node]
+                    and u.inputs[1] is node]  # a symbolic table length: its size in this run
+            rows = [sizes.get(r, seq) if isinstance(r, str) else r for r in rows]
             if rows and min(rows) < 1:
                 raise ArchcError([Diagnostic("E0315", f"input `{name}` indexes a table of "
                                              f"{min(rows)} rows: no id fits it")])

@@ -56,9 +56,10 @@ def check_init_budget(graph: Graph, largest_only: bool = False) -> None:
                                          f"{fmt_shape(p.type.shape)}: not a list of sizes")])
     largest = max((nbytes(p.type.shape, 8) for p in graph.params.values()), default=0)
     if largest_only:
-        name = max(graph.params, key=lambda k: nbytes(graph.params[k].type.shape, 8))
-        check_bytes(largest, f"the random init of parameter `{name}` "
-                    f"{fmt_shape(graph.params[name].type.shape)} (drawn in float64)")
+        if graph.params:  # a spec without parameters has nothing to draw
+            name = max(graph.params, key=lambda k: nbytes(graph.params[k].type.shape, 8))
+            check_bytes(largest, f"the random init of parameter `{name}` "
+                        f"{fmt_shape(graph.params[name].type.shape)} (drawn in float64)")
         return
     total = sum(nbytes(p.type.shape, 4) for p in graph.params.values())
     check_bytes(total + largest, f"the random init of {len(graph.params)} parameters "

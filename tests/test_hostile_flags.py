@@ -173,3 +173,13 @@ def test_session_refuses_steps_that_do_not_fit_it(cached, backend):
         archc.Session(g, w, backend).prefill(None)
     with pytest.raises(ValueError, match="`steps` must be an integer >= 0, got -1"):
         archc.kvcache.generate(g, w, IDS, -1, backend)
+
+
+def test_a_spec_without_parameters_compiles_and_runs(tmp_path):
+    """`compile` checked the random init's budget with max() over no parameters (E0900)."""
+    spec = tmp_path / "p.arch"
+    spec.write_text("model m {\n  input x: float32[batch, 4]\n  output y = gelu(x) * 2\n}\n")
+    assert main(["compile", str(spec), "-o", str(tmp_path / "p.onnx")]) == 0
+    assert main(["run", str(spec), "--backend", "onnxruntime", "--batch", "2",
+                 "--out", str(tmp_path / "p.npz")]) == 0
+    assert np.load(tmp_path / "p.npz")["y"].shape == (2, 4)

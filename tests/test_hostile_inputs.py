@@ -158,3 +158,14 @@ def test_generate_refuses_negative_huge_and_out_of_table_ids(tmp_path, capsys):
     assert main(["generate", spec, "--ids", "1,2,3", "--steps", "10"]) == 1  # 12 positions
     assert "index 12 of table `wpe.weight`" in capsys.readouterr().err
     assert main(["generate", spec, "--ids", "1,2,3", "--steps", "9"]) == 0
+
+
+def test_random_ids_into_a_table_of_symbolic_length():
+    """`run` without --inputs draws ids below the rows of the table they gather from; a table
+    that is itself an input, [batch, seq], has a symbolic length (TypeError: min of a str and
+    an int). It is the length this run gives it."""
+    g = archc.compile("model m {\n  input t: float32[seq, 4]\n  input i: int64[batch, seq]\n"
+                      "  output y = gather(t, i)\n}\n")
+    feeds = archc.inputs.random_inputs(g, 2, 5, 0)
+    assert feeds["i"].shape == (2, 5) and feeds["i"].min() >= 0 and feeds["i"].max() < 5
+    assert archc.run(g, feeds, {})["y"].shape == (2, 5, 4)

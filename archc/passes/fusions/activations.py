@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from archc.passes.fusions.common import close, float32, scalar, vector_of
-from archc.passes.rewrite import Match, Rule, RuleSet
+from archc.passes.rewrite import Match, MatchFailure, Rule, RuleSet
 
 
 class BiasGelu(Rule):
@@ -42,17 +42,24 @@ class Gelu(Rule):
         return op.gelu(x)
 
     def check(self, m):
-        return float32(m["x"]) or m
+        return float32(m["x"]) or not_scalar(m) or m
 
     def rewrite(self, op, m):
         return op.fused_gelu(m["x"], approximate=m.root.attrs.get("approximate", "none"))
+
+
+def not_scalar(m: Match) -> MatchFailure | None:
+    """onnxruntime's Gelu and FastGelu refuse a rank-0 input."""
+    if m["x"].type.rank == 0:
+        return Match.fail(f"{m['x']!r} is a scalar: Gelu/FastGelu need rank >= 1", m["x"])
+    return None
 
 
 def _consts_are(m: Match, **want: float) -> Match:
     for name, value in want.items():
         if not close(scalar(m[name]), value):
             return Match.fail(f"{m[name]!r} is not the constant {value:.6g} of GELU", m[name])
-    return float32(m["x"]) or m
+    return float32(m["x"]) or not_scalar(m) or m
 
 
 class GeluErf(Rule):
