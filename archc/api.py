@@ -63,11 +63,14 @@ def run(graph: Graph, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarr
             weights = _INITIALISED[graph][seed] = init_params(graph, seed)
     check_weights(graph, weights, "the given weights")
     weights = as_run(graph, weights)
+    from archc.runner import explained
+
     if backend == "numpy":  # compiled and bound once per graph and weights
-        return run_bound(graph, feeds, weights)
+        return explained(graph, feeds, lambda: run_bound(graph, feeds, weights))
     from archc.backends.ort import run_cached
 
-    return run_cached(graph, feeds, weights)  # exported and built once per graph and weights
+    # exported and built once per graph and weights
+    return explained(graph, feeds, lambda: run_cached(graph, feeds, weights))
 
 
 _INITIALISED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -11,10 +11,12 @@ returns every output by name. `archc.Session` (archc/kvcache.py) drives one acro
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
 
+from archc.diagnostics import ArchcError, Diagnostic
 from archc.inputs import GraphFacts, validate
 from archc.ir.graph import Graph
 from archc.weights import as_run, check_weights, init_params
@@ -60,7 +62,50 @@ class Runner:
         """Run feeds `validate` already returned."""
         if self._ort is not None:
             names = self._names or [o.name for o in self._ort.get_outputs()]
-            return dict(zip(names, self._ort.run(names, feeds)))
+            return explained(self.graph, feeds, lambda: dict(zip(names, self._ort.run(
+                names, feeds))))
         from archc.backends.numpy_interp import run_plan
 
-        return run_plan(self._plan, feeds, self.weights)
+        return explained(self.graph, feeds, lambda: run_plan(self._plan, feeds, self.weights))
+
+
+def explained(graph: Graph, feeds: dict[str, np.ndarray], call):
+    """`call()`; when it fails and the spec's shape rules, run again at these inputs' sizes,
+    refuse them (`reshape(x [seq], [2, 2])` with seq = 3), that is E0201 at the spec's line,
+    not an internal error. Any other failure propagates as it was. Only a failed run pays."""
+    try:
+        return call()
+    except MemoryError:
+        raise
+    except Exception as failure:
+        from archc.ir.types import ShapeError, TensorType
+        from archc.passes.infer_shapes import infer_at
+
+        given = {k: TensorType(graph.inputs[k].type.dtype, tuple(np.shape(v)))
+                 for k, v in feeds.items() if k in graph.inputs}
+        try:
+            infer_at(graph, given)
+        except ShapeError as why:  # the spec's own rules refuse these sizes
+            raise ArchcError([_at_sizes(graph, given, "E0201", str(why), why.node)],
+                             graph.meta.get("sources")) from failure
+        node = getattr(failure, "node", None)  # a NumPy kernel failed on this node
+        if node is not None and node.span is not None and not os.environ.get("ARCHC_DEBUG"):
+            cause = failure.cause
+            raise ArchcError([_at_sizes(graph, given, "E0333", f"`{node.op}` failed: "
+                                        f"{type(cause).__name__}: {cause}", node,
+                                        "if the spec's shapes hold for these sizes, this is a "
+                                        "bug in archc: ARCHC_DEBUG=1 gives the traceback")],
+                             graph.meta.get("sources")) from failure
+        raise
+
+
+def _at_sizes(graph: Graph, given: dict, code: str, why: str, node, help: str = "") -> Diagnostic:
+    sizes = {d: n for k, t in given.items() for d, n in zip(graph.inputs[k].type.shape, t.shape,
+                                                             strict=False) if isinstance(d, str)}
+    at = ", ".join(f"{d} = {n}" for d, n in sizes.items())
+    return Diagnostic(code, f"at these input sizes ({at}): {why}", node.span,
+                      f"`{node.op}` fails here",
+                      notes=(f"in `{node.scope}`",) if node.scope else (),
+                      help="the spec's shapes hold only for some sizes of its symbolic dims: "
+                           "give inputs that fit them, or fix the spec" + (f"; {help}" if help
+                                                                           else ""))

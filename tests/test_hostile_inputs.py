@@ -169,3 +169,58 @@ def test_random_ids_into_a_table_of_symbolic_length():
     feeds = archc.inputs.random_inputs(g, 2, 5, 0)
     assert feeds["i"].shape == (2, 5) and feeds["i"].min() >= 0 and feeds["i"].max() < 5
     assert archc.run(g, feeds, {})["y"].shape == (2, 5, 4)
+
+
+RESHAPED = "model m {{\n  input x: float32[batch, seq]\n  output y = reshape(x, {shape})\n}}\n"
+
+
+@pytest.mark.parametrize("shape", ["[2, 2]", "[seq, 4]"])
+def test_sizes_the_spec_cannot_take_are_located_on_both_backends(shape):
+    """A spec's shapes may hold only for some sizes of its symbols (`reshape(x, [2, 2])` needs
+    batch x seq = 4). A run at other sizes failed inside NumPy or onnxruntime (E0900, no
+    line). The shape rules, run again at the run's sizes, now say where: E0201 at the spec's
+    line, the same on both backends; sizes that fit still run."""
+    g = archc.lower(archc.parse(RESHAPED.format(shape=shape), "m.arch"))
+    seq = 3
+    errors = []
+    for backend in BACKENDS:
+        with pytest.raises(ArchcError) as e:
+            archc.run(g, {"x": np.ones((1, seq), np.float32)}, {}, backend=backend)
+        errors.append(str(e.value).splitlines()[:2])
+    want = "[2, 2]" if shape == "[2, 2]" else "[3, 4]"
+    assert errors[0] == errors[1] == [
+        f"error[E0201]: at these input sizes (batch = 1, seq = 3): cannot reshape f32[1,3] to "
+        f"{want}", " --> m.arch:3:14"]
+    fits, out = ((1, 4), (2, 2)) if shape == "[2, 2]" else ((4, 4), (4, 4))
+    assert _run_both_equal(g, {"x": np.ones(fits, np.float32)}).shape == out
+
+
+def _run_both_equal(g, feeds):
+    outs = [archc.run(g, feeds, {}, backend=b)["y"] for b in BACKENDS]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    return outs[0]
+
+
+def test_a_kernel_that_fails_is_named_at_its_line():
+    """When the shape rules accept the sizes but a NumPy kernel still fails, the error names
+    the op and the spec's line (E0333), saying it may be archc's bug; a failure without a
+    node propagates as it was."""
+    from archc.backends.numpy_interp import InterpreterError
+    from archc.runner import explained
+
+    g = archc.lower(archc.parse(RESHAPED.format(shape="[2, 2]"), "m.arch"))
+    feeds = {"x": np.ones((1, 4), np.float32)}
+    err = InterpreterError("while executing ...")
+    err.node = next(n for n in g.nodes() if n.kind == "op")
+    err.cause = ValueError("boom")
+
+    def fail(e):
+        raise e
+    with pytest.raises(ArchcError) as e:
+        explained(g, feeds, lambda: fail(err))
+    lines = str(e.value).splitlines()
+    assert lines[:2] == ["error[E0333]: at these input sizes (batch = 1, seq = 4): `reshape` "
+                         "failed: ValueError: boom", " --> m.arch:3:14"]
+    assert "this is a bug in archc" in str(e.value)
+    with pytest.raises(KeyError):
+        explained(g, feeds, lambda: fail(KeyError("not a kernel")))

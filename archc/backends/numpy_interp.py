@@ -163,4 +163,6 @@ def _evaluate(step: Step, values: list) -> np.ndarray:
         out = kernel(*[values[k] for k in args], **attrs)
         return out if isinstance(out, tuple) else np.asarray(out)  # a tuple: see ops/fused.py
     except Exception as e:
-        raise InterpreterError(f"while executing {fmt_node(node)}: {type(e).__name__}: {e}") from e
+        err = InterpreterError(f"while executing {fmt_node(node)}: {type(e).__name__}: {e}")
+        err.node, err.cause = node, e  # archc.runner.explained names the spec's line
+        raise err from e

@@ -84,6 +84,7 @@ def lower(module: ast.Module, model: str | None = None, cache: bool = False) -> 
             "encoder runs in one pass: drop `--kv-cache` / `--incremental` / `generate`")]
     diags.raise_if_any()
     graph.param_uses = dict(ev.uses)
+    graph.meta["sources"] = diags.sources  # the spec's text, for errors found when it runs
     return graph
 
 
