@@ -374,8 +374,11 @@ def _gqa_onnx(b, q, k, v, full, scale, softcap, causal, window):
 
 
 def _row_ok(b, bias):  # [B|1, H|1, Tq|1, 1]: the rows with a key, once per bias
-    return b.memo(("row_ok", bias), lambda: b.op(
-        "Greater", b.op("ReduceMax", bias, _i64(b, -1), keepdims=1), b.scalar(LOWEST / 2)))
+    def emit():  # a scalar bias is every key's: no key axis to reduce
+        top = bias if b.type_of(bias).rank == 0 else b.op("ReduceMax", bias, _i64(b, -1),
+                                                            keepdims=1)
+        return b.op("Greater", top, b.scalar(LOWEST / 2))
+    return b.memo(("row_ok", bias), emit)
 
 
 def _patch_empty_rows(b, out, bias, v, h):
