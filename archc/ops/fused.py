@@ -375,8 +375,9 @@ def _gqa_onnx(b, q, k, v, full, scale, softcap, causal, window):
 
 def _row_ok(b, bias):  # [B|1, H|1, Tq|1, 1]: the rows with a key, once per bias
     def emit():  # a scalar bias is every key's: no key axis to reduce
-        top = bias if b.type_of(bias).rank == 0 else b.op("ReduceMax", bias, _i64(b, -1),
-                                                            keepdims=1)
+        t = b.types.get(bias)  # None: a value a lowering made (a causal bias), rank >= 2
+        top = bias if t is not None and t.rank == 0 else b.op("ReduceMax", bias, _i64(b, -1),
+                                                                keepdims=1)
         return b.op("Greater", top, b.scalar(LOWEST / 2))
     return b.memo(("row_ok", bias), emit)
 
