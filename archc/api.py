@@ -70,7 +70,7 @@ def run(graph: Graph, inputs: dict[str, np.ndarray], weights: dict[str, np.ndarr
     from archc.backends.ort import run_cached
 
     # exported and built once per graph and weights
-    return explained(graph, feeds, lambda: run_cached(graph, feeds, weights))
+    return explained(graph, feeds, lambda: run_cached(graph, feeds, weights), weights=weights)
 
 
 _INITIALISED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -63,40 +63,66 @@ class Runner:
         if self._ort is not None:
             names = self._names or [o.name for o in self._ort.get_outputs()]
             return explained(self.graph, feeds, lambda: dict(zip(names, self._ort.run(
-                names, feeds))))
+                names, feeds))), weights=self.weights)
         from archc.backends.numpy_interp import run_plan
 
         return explained(self.graph, feeds, lambda: run_plan(self._plan, feeds, self.weights))
 
 
-def explained(graph: Graph, feeds: dict[str, np.ndarray], call):
+def explained(graph: Graph, feeds: dict[str, np.ndarray], call, weights=None):
     """`call()`; when it fails and the spec's shape rules, run again at these inputs' sizes,
     refuse them (`reshape(x [seq], [2, 2])` with seq = 3), that is E0201 at the spec's line,
-    not an internal error. Any other failure propagates as it was. Only a failed run pays."""
+    not an internal error. A NumPy kernel's failure is E0333 at its op. An onnxruntime failure
+    (no op to point at) is run again on NumPy with `weights`, to find the op. Any other failure
+    propagates as it was. Only a failed run pays."""
     try:
         return call()
     except MemoryError:
         raise
     except Exception as failure:
-        from archc.ir.types import ShapeError, TensorType
-        from archc.passes.infer_shapes import infer_at
+        from archc.ir.types import TensorType
 
         given = {k: TensorType(graph.inputs[k].type.dtype, tuple(np.shape(v)))
                  for k, v in feeds.items() if k in graph.inputs}
-        try:
-            infer_at(graph, given)
-        except ShapeError as why:  # the spec's own rules refuse these sizes
-            raise ArchcError([_at_sizes(graph, given, "E0201", str(why), why.node)],
-                             graph.meta.get("sources")) from failure
-        node = getattr(failure, "node", None)  # a NumPy kernel failed on this node
-        if node is not None and node.span is not None and not os.environ.get("ARCHC_DEBUG"):
-            cause = failure.cause
-            raise ArchcError([_at_sizes(graph, given, "E0333", f"`{node.op}` failed: "
-                                        f"{type(cause).__name__}: {cause}", node,
-                                        "if the spec's shapes hold for these sizes, this is a "
-                                        "bug in archc: ARCHC_DEBUG=1 gives the traceback")],
-                             graph.meta.get("sources")) from failure
-        raise
+        found = _located(graph, given, failure)
+        if found is None and getattr(failure, "node", None) is None and weights is not None:
+            found = _located(graph, given, _on_numpy(graph, feeds, weights))
+        if found is None:
+            raise
+        raise ArchcError([found], graph.meta.get("sources")) from failure
+
+
+def _on_numpy(graph: Graph, feeds, weights):
+    """The NumPy backend's failure on the same run (an InterpreterError naming the op), or
+    None when it runs."""
+    from archc.backends.numpy_interp import InterpreterError, run_graph
+
+    try:
+        run_graph(graph, feeds, weights)
+    except InterpreterError as e:
+        return e
+    except Exception:
+        return None
+    return None
+
+
+def _located(graph: Graph, given: dict, failure) -> Diagnostic | None:
+    """The diagnostic at the spec's line for `failure`: a shape rule that refuses the run's
+    sizes (E0201), else the NumPy op that failed (E0333); None when neither says."""
+    from archc.ir.types import ShapeError
+    from archc.passes.infer_shapes import infer_at
+
+    try:
+        infer_at(graph, given)
+    except ShapeError as why:  # the spec's own rules refuse these sizes
+        return _at_sizes(graph, given, "E0201", str(why), why.node)
+    node = getattr(failure, "node", None)  # a NumPy kernel failed on this node
+    if node is None or node.span is None or os.environ.get("ARCHC_DEBUG"):
+        return None
+    cause = failure.cause
+    return _at_sizes(graph, given, "E0333", f"`{node.op}` failed: {type(cause).__name__}: "
+                     f"{cause}", node, "if the spec's shapes hold for these sizes, this is a "
+                     "bug in archc: ARCHC_DEBUG=1 gives the traceback")
 
 
 def _at_sizes(graph: Graph, given: dict, code: str, why: str, node, help: str = "") -> Diagnostic:

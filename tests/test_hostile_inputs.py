@@ -224,3 +224,21 @@ def test_a_kernel_that_fails_is_named_at_its_line():
     assert "this is a bug in archc" in str(e.value)
     with pytest.raises(KeyError):
         explained(g, feeds, lambda: fail(KeyError("not a kernel")))
+
+
+def test_an_onnxruntime_failure_is_located_by_the_numpy_run():
+    """An index past its table (which no shape rule can see) made onnxruntime fail with its
+    own message (E0900, no line). The same run on NumPy names the op: both backends report
+    the same E0333 at the spec's line."""
+    g = archc.lower(archc.parse("model m {\n  input t: float32[rows, 4]\n"
+                                "  input i: int64[batch, seq]\n  output y = gather(t, i)\n}\n",
+                                "m.arch"))
+    feeds = {"t": np.ones((3, 4), np.float32), "i": np.array([[0, 5]])}
+    lines = []
+    for backend in BACKENDS:
+        with pytest.raises(ArchcError) as e:
+            archc.run(g, feeds, {}, backend=backend)
+        lines.append(str(e.value).splitlines()[:2])
+    assert lines[0] == lines[1] == [
+        "error[E0333]: at these input sizes (rows = 3, batch = 1, seq = 2): `gather` failed: "
+        "IndexError: index 5 is out of bounds for axis 0 with size 3", " --> m.arch:4:14"]

@@ -374,12 +374,9 @@ def _gqa_onnx(b, q, k, v, full, scale, softcap, causal, window):
 
 
 def _row_ok(b, bias):  # [B|1, H|1, Tq|1, 1]: the rows with a key, once per bias
-    def emit():  # a scalar bias is every key's: no key axis to reduce
-        t = b.types.get(bias)  # None: a value a lowering made (a causal bias), rank >= 2
-        top = bias if t is not None and t.rank == 0 else b.op("ReduceMax", bias, _i64(b, -1),
-                                                                keepdims=1)
-        return b.op("Greater", top, b.scalar(LOWEST / 2))
-    return b.memo(("row_ok", bias), emit)
+    t = b.types.get(bias)  # a scalar bias is every key's; None: a lowering's own (rank 4)
+    return b.memo(("row_ok", bias), lambda: b.op("Greater", bias if t and t.rank == 0 else b.op(
+        "ReduceMax", bias, _i64(b, -1), keepdims=1), b.scalar(LOWEST / 2)))
 
 
 def _patch_empty_rows(b, out, bias, v, h):
@@ -387,13 +384,12 @@ def _patch_empty_rows(b, out, bias, v, h):
     (all scores equal float32's lowest, so softmax is uniform). The kernels differ there: ONNX
     Attention's CPU kernel returns other values, and GroupQueryAttention with causal=1 averages
     only the keys up to the query. Which rows those are is read off the bias once per model."""
-    row_ok = _row_ok(b, bias)
     _, kv, _, dv = b.type_of(v).shape
     mean_v = b.op("ReduceMean", v, _i64(b, 2), keepdims=1)  # [B, KV, 1, Dv]
     if h != kv:  # kv head j serves query heads j*G .. j*G+G-1
         tiled = b.op("Tile", b.op("Unsqueeze", mean_v, _i64(b, 2)), _i64(b, 1, 1, h // kv, 1, 1))
         mean_v = b.op("Reshape", tiled, _i64(b, 0, h, 1, dv))
-    return b.op("Where", row_ok, out, mean_v)
+    return b.op("Where", _row_ok(b, bias), out, mean_v)
 
 
 # The optional fifth input is the [B, Tk] key mask the bias was built from with the causal mask
