@@ -244,3 +244,18 @@ def test_a_bert_model_saved_without_its_pooler_imports_without_one(tmp_path):
             full["cls.predictions.bias"]
         real = ref["attention_mask"].astype(bool)
         assert np.abs(logits - ref["logits"])[real].max() <= 1e-4, backend
+
+
+@pytest.mark.parametrize("value", [[["c2p"]], ["c2p", 3], [{"p2c": 1}]])
+def test_a_malformed_pos_att_type_is_a_config_error(tmp_path, value):
+    """Fuzz seed 4242000009480: `pos_att_type` as a list of lists reached set() (TypeError,
+    E0900). Now: E0506 naming the field and what it must be."""
+    import json
+
+    from archc.diagnostics import ArchcError
+
+    (tmp_path / "config.json").write_text(json.dumps({**DEBERTA_V3_BASE, "pos_att_type": value}))
+    with pytest.raises(ArchcError) as e:
+        import_hf(tmp_path, tmp_path / "out", config_only=True)
+    assert "error[E0506]" in str(e.value) and "`pos_att_type`" in str(e.value)
+    assert "it must be a list of `c2p`, `p2c`" in str(e.value)

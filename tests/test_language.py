@@ -549,3 +549,22 @@ def test_a_scalar_position_bias_exports_at_o2(bias):
     w, x = archc.init_params(plain), {"f3": rng.normal(size=(2, 5, 8)).astype(np.float32)}
     np.testing.assert_allclose(archc.run(fused, x, w, backend="onnxruntime")["y"],
                                archc.run(plain, x, w)["y"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("args, line", [
+    ("scaling = longrope, original_max = 1, short_factor = [1.0, 1.0], "
+     "long_factor = [2.0, 2.0]", "error[E0200]: `original_max` = 1 must be at least 2"),
+    ("scaling = yarn, original_max = -4", "error[E0200]: `original_max` = -4 must be at least 1"),
+    ("scaling = dynamic, max_pos = -8", "error[E0200]: `max_pos` = -8 must be positive"),
+    ("scaling = llama3, original_max = 8, low_freq_factor = 2.0, high_freq_factor = 2.0",
+     "error[E0200]: llama3 needs 0 < `low_freq_factor` < `high_freq_factor`, got 2.0 and 2.0"),
+])
+def test_rope_scaling_values_that_would_divide_by_zero(args, line):
+    """Fuzz seed 4242000002782: a Phi-3 config with `original_max_position_embeddings` = 1
+    made longrope's attention factor divide by log(1) (ZeroDivisionError, E0900). Each scaled
+    rope's divisors are checked where the rope is written."""
+    text = f"model m {{\n  input ids: int64[batch, seq]\n  r = rope({args})\n" \
+           f"  output y = attention(embed(ids, 50, 16), 2, causal, rope = r)\n}}\n"
+    with pytest.raises(ArchcError) as e:
+        lower(archc.parse(text, "m.arch"))
+    assert str(e.value).splitlines()[0] == line

@@ -34,7 +34,8 @@ def _int(c: HFConfig, key: str, default: int) -> int:
 def _att_types(c: HFConfig) -> set[str]:
     v = c.data.get("pos_att_type") or []
     v = [x.strip() for x in v.lower().split("|")] if isinstance(v, str) else v
-    if not isinstance(v, list) or not set(v) <= {"c2p", "p2c"}:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v) or \
+            not set(v) <= {"c2p", "p2c"}:
         raise config_error(c, "pos_att_type", v, "a list of `c2p`, `p2c`")
     return set(v)
 

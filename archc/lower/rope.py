@@ -55,6 +55,15 @@ def rope(b, theta, fraction, dim, interleaved, scaling, factor, original_max, ma
                    span=b.at("scaling"))
     if factor <= 0 or theta <= 0:
         b.fail("E0200", "`theta` and `factor` must be positive", "here")
+    least = {"llama3": 1, "yarn": 1, "longrope": 2}.get(scaling)  # longrope divides by its log
+    if least and original_max < least:
+        b.fail("E0200", f"`original_max` = {original_max} must be at least {least}", "here",
+               span=b.at("original_max"))
+    if scaling == "dynamic" and max_pos < 1:
+        b.fail("E0200", f"`max_pos` = {max_pos} must be positive", "here", span=b.at("max_pos"))
+    if scaling == "llama3" and not 0 < low_freq_factor < high_freq_factor:
+        b.fail("E0200", f"llama3 needs 0 < `low_freq_factor` < `high_freq_factor`, got "
+               f"{low_freq_factor} and {high_freq_factor}", "here")
     for name, values in (("short_factor", short_factor), ("long_factor", long_factor)):
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             b.fail("E0104", f"`{name}` must be a list of numbers", "here", span=b.at(name))
