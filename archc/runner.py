@@ -80,16 +80,28 @@ def explained(graph: Graph, feeds: dict[str, np.ndarray], call, weights=None):
     except MemoryError:
         raise
     except Exception as failure:
-        from archc.ir.types import TensorType
+        from archc.ir.types import ShapeError, TensorType
+        from archc.passes.infer_shapes import infer_at
 
         given = {k: TensorType(graph.inputs[k].type.dtype, tuple(np.shape(v)))
                  for k, v in feeds.items() if k in graph.inputs}
-        found = _located(graph, given, failure)
-        if found is None and getattr(failure, "node", None) is None and weights is not None:
-            found = _located(graph, given, _on_numpy(graph, feeds, weights))
-        if found is None:
+        try:
+            infer_at(graph, given)
+        except ShapeError as why:  # the spec's own rules refuse these sizes
+            raise ArchcError([_at_sizes(graph, given, "E0201", str(why), why.node)],
+                             graph.meta.get("sources")) from failure
+        except Exception:  # a rule that cannot take concrete sizes says nothing here
+            pass
+        failed = failure if getattr(failure, "node", None) is not None else \
+            _on_numpy(graph, feeds, weights) if weights is not None else None
+        node = getattr(failed, "node", None)  # the NumPy op that failed
+        if node is None or node.span is None or os.environ.get("ARCHC_DEBUG"):
             raise
-        raise ArchcError([found], graph.meta.get("sources")) from failure
+        cause = failed.cause
+        raise ArchcError([_at_sizes(
+            graph, given, "E0333", f"`{node.op}` failed: {type(cause).__name__}: {cause}", node,
+            "if the spec's shapes hold for these sizes, this is a bug in archc: ARCHC_DEBUG=1 "
+            "gives the traceback")], graph.meta.get("sources")) from failure
 
 
 def _on_numpy(graph: Graph, feeds, weights):
@@ -104,25 +116,6 @@ def _on_numpy(graph: Graph, feeds, weights):
     except Exception:
         return None
     return None
-
-
-def _located(graph: Graph, given: dict, failure) -> Diagnostic | None:
-    """The diagnostic at the spec's line for `failure`: a shape rule that refuses the run's
-    sizes (E0201), else the NumPy op that failed (E0333); None when neither says."""
-    from archc.ir.types import ShapeError
-    from archc.passes.infer_shapes import infer_at
-
-    try:
-        infer_at(graph, given)
-    except ShapeError as why:  # the spec's own rules refuse these sizes
-        return _at_sizes(graph, given, "E0201", str(why), why.node)
-    node = getattr(failure, "node", None)  # a NumPy kernel failed on this node
-    if node is None or node.span is None or os.environ.get("ARCHC_DEBUG"):
-        return None
-    cause = failure.cause
-    return _at_sizes(graph, given, "E0333", f"`{node.op}` failed: {type(cause).__name__}: "
-                     f"{cause}", node, "if the spec's shapes hold for these sizes, this is a "
-                     "bug in archc: ARCHC_DEBUG=1 gives the traceback")
 
 
 def _at_sizes(graph: Graph, given: dict, code: str, why: str, node, help: str = "") -> Diagnostic:
