@@ -160,7 +160,7 @@ def _single_op_graph(op: str, arrays, attrs) -> Graph:
 
 def _cases_elsewhere() -> dict:
     """Ops tested by their own runner: FUSED_CASES in test_fusions.py, and OP_CASES in each
-    tests/test_catalogue_*.py, tests/test_fusions_*.py, tests/test_quantize.py and
+    tests/test_catalogue_*.py, tests/test_fusions_*.py, tests/test_quantize*.py and
     tests/test_moe_sparse.py (a catalogue, fusion, quantization or experts module adds its
     ops' cases there, not here)."""
     from test_fusions import FUSED_CASES
@@ -168,7 +168,7 @@ def _cases_elsewhere() -> dict:
     cases = dict(FUSED_CASES)
     here = Path(__file__).parent
     for path in sorted([*here.glob("test_catalogue_*.py"), *here.glob("test_fusions_*.py"),
-                        here / "test_quantize.py", here / "test_moe_sparse.py"]):
+                        *here.glob("test_quantize*.py"), here / "test_moe_sparse.py"]):
         cases.update(getattr(importlib.import_module(path.stem), "OP_CASES", {}))
     return cases
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 
 import numpy as np
 import onnx
@@ -88,8 +87,6 @@ OP_CASES["gather_nbits"] = [
     _rows_case(40, 80, rng.integers(0, 40, (5,)), 4, 64, False),
     _rows_case(30, 200, rng.integers(0, 30, (2, 2)), 8, 128, False),
     _rows_case(30, 96, rng.integers(0, 30, (3,)), 8, 32, True)]
-# quantized expert banks: their cases and runner are in tests/test_quantize_experts.py
-OP_CASES.update(importlib.import_module("test_quantize_experts").OP_CASES)
 
 
 @pytest.mark.parametrize("case", range(len(OP_CASES["gather_nbits"])))
@@ -116,24 +113,26 @@ def test_gather_kernel_matches_onnxruntime_and_the_matmul_layout(case):
     np.testing.assert_array_equal(ours, table[ids])
 
 
-def _one_op(arrays, attrs) -> tuple[Graph, dict, dict]:
-    """x as a graph input, the weights as params (initializers: onnxruntime honours
-    accuracy_level 4 only for constant weights, which it prepacks)."""
+def one_op(arrays, attrs, op: str = "matmul_nbits") -> tuple[Graph, dict, dict]:
+    """One quantized op: x (and, for `moe_experts_nbits`, the gates) as graph inputs, the
+    weights as params (initializers: onnxruntime honours accuracy_level 4 only for constant
+    weights, which it prepacks, and folds an expert bank's per-expert Gathers into them)."""
     g = Graph("one")
-    kinds = {"f": "float32", "u": "uint8"}
-    x = g.add_input("x", TensorType("float32", arrays[0].shape))
-    params = {f"w{i}": a for i, a in enumerate(arrays[1:])}
-    ws = [g.add_param(k, TensorType(kinds[a.dtype.kind], a.shape)) for k, a in params.items()]
-    node = g.add_op("matmul_nbits", [x, *ws], attrs)
+    n = 2 if op == "moe_experts_nbits" else 1  # x and gates, or x
+    ins = [g.add_input(k, TensorType("float32", a.shape)) for k, a in zip("xg"[:n], arrays)]
+    params = {f"w{i}": a for i, a in enumerate(arrays[n:])}
+    ws = [g.add_param(k, TensorType({"f": "float32", "u": "uint8"}[a.dtype.kind], a.shape))
+          for k, a in params.items()]
+    node = g.add_op(op, [*ins, *ws], attrs)
     node.type = infer_node(node)
     g.set_output("y", node)
-    return g, {"x": arrays[0]}, params
+    return g, dict(zip("xg", arrays[:n])), params
 
 
 @pytest.mark.parametrize("case", range(len(OP_CASES["matmul_nbits"])))
 def test_kernel_matches_onnxruntime(case):
     arrays, attrs = OP_CASES["matmul_nbits"][case]
-    g, feeds, params = _one_op(arrays, attrs)
+    g, feeds, params = one_op(arrays, attrs)
     ours = run_graph(g, feeds, params)["y"]
     theirs = run_onnx(export_onnx(g, params), feeds)["y"]
     assert ours.shape == theirs.shape == (*arrays[0].shape[:-1], attrs["N"])
@@ -324,9 +323,9 @@ def test_bad_settings_are_diagnostics(capsys):
     assert "invalid choice: 48" in capsys.readouterr().err
     arrays, attrs = OP_CASES["matmul_nbits"][0]
     with pytest.raises(ShapeError, match="`scales` must be"):
-        _one_op([arrays[0], arrays[1], arrays[2][:-1]], attrs)
+        one_op([arrays[0], arrays[1], arrays[2][:-1]], attrs)
     with pytest.raises(ShapeError, match="bits 4 or 8"):
-        _one_op(arrays, {**attrs, "bits": 3})
+        one_op(arrays, {**attrs, "bits": 3})
 
 
 def test_cli_float32_activations_and_float_embeddings(tmp_path):

@@ -24,6 +24,7 @@ import onnx
 import pytest
 from conftest import ROOT, perturbed_params
 from test_moe_sparse import _f32, _gates  # one random-gates maker
+from test_quantize import one_op  # one single-op graph maker
 
 import archc
 from archc.backends.numpy_interp import run_graph
@@ -32,7 +33,7 @@ from archc.backends.ort import run_onnx
 from archc.cli import main
 from archc.hf import import_checkpoint
 from archc.ir.graph import Graph
-from archc.ir.types import ShapeError, TensorType
+from archc.ir.types import ShapeError
 from archc.ir.verify import verify
 from archc.kvcache import incremental_logits
 from archc.lower import lower
@@ -95,18 +96,7 @@ OP_CASES["matmul_nbits_bank"] = [
 
 
 def _one_op(arrays, attrs, op: str = "moe_experts_nbits") -> tuple[Graph, dict, dict]:
-    """x and gates as inputs, the weights as params (initializers: onnxruntime folds their
-    per-expert Gathers into constants and prepacks them, as accuracy_level 4 needs)."""
-    g = Graph("one")
-    n = 2 if op == "moe_experts_nbits" else 1  # x and gates, or x
-    ins = [g.add_input(k, TensorType("float32", a.shape)) for k, a in zip("xg"[:n], arrays)]
-    params = {f"w{i}": a for i, a in enumerate(arrays[n:])}
-    ws = [g.add_param(k, TensorType({"f": "float32", "u": "uint8"}[a.dtype.kind], a.shape))
-          for k, a in params.items()]
-    node = g.add_op(op, [*ins, *ws], attrs)
-    node.type = infer_node(node)
-    g.set_output("y", node)
-    return g, dict(zip("xg", arrays[:n])), params
+    return one_op(arrays, attrs, op)
 
 
 def _dequantized_bank(parts, k: int, bits: int, block: int) -> np.ndarray:
