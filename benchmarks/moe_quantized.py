@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from archc.lower import lower
 from archc.quantize import quantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantized_decode import decode_feeds  # one prefill helper
+from quantized_decode import decode_feeds, step_times  # one prefill helper, one timer
 
 SPEC = """
 model moe_decode {
@@ -90,18 +89,13 @@ def main() -> None:
     sessions = {name: cpu_session(export(True, name, weights), args.threads) for name in VARIANTS}
     step = {name: decode_feeds(s, args.past, np.random.default_rng(2), 4096)
             for name, s in sessions.items()}
-    times = {name: [] for name in VARIANTS}
-    for _ in range(args.reps + 3):
-        for name, s in sessions.items():
-            start = time.perf_counter()
-            s.run(["logits"], step[name])
-            times[name].append(time.perf_counter() - start)
-    base = float(np.median(times["fp32"][3:])), min(times["fp32"][3:])
+    times = step_times(sessions, step, args.reps)
+    base = times["fp32"]
     print(f"\ndecode step with {args.past} tokens of past; quality on {args.tokens} tokens vs "
           f"fp32 (max |logit| {np.abs(ref).max():.2f})\n{'variant':<15}{'file MB':>8}"
           f"{'median ms':>10}{'x':>7}{'best ms':>9}{'x':>7}{'max|dlogit|':>12}{'top-1':>7}")
     for name, (mb, diff, top1) in rows.items():
-        t = float(np.median(times[name][3:])), min(times[name][3:])
+        t = times[name]
         print(f"{name:<15}{mb:8.1f}{t[0] * 1e3:10.2f}{base[0] / t[0]:6.2f}x{t[1] * 1e3:9.2f}"
               f"{base[1] / t[1]:6.2f}x{diff:12.4f}{top1:7.3f}")
 

@@ -122,6 +122,18 @@ def quality(logits: np.ndarray, ref: np.ndarray, ids: np.ndarray) -> tuple[float
             float((logits.argmax(-1) == ref.argmax(-1)).mean()), float(np.exp(nll.mean())))
 
 
+def step_times(sessions: dict, feeds: dict, reps: int) -> dict[str, tuple[float, float]]:
+    """(median, best) seconds of one `logits` step of each session, over `reps` rounds after
+    3 warm-ups, the sessions taking turns within a round."""
+    times = {name: [] for name in sessions}
+    for _ in range(reps + 3):
+        for name, s in sessions.items():
+            start = time.perf_counter()
+            s.run(["logits"], feeds[name])
+            times[name].append(time.perf_counter() - start)
+    return {name: (float(np.median(t[3:])), min(t[3:])) for name, t in times.items()}
+
+
 def decode_feeds(sess: ort.InferenceSession, past: int, rng, vocab: int = 32000
                  ) -> dict[str, np.ndarray]:
     """Prefill `past` tokens with the session itself; the feeds of the next one-token step."""
@@ -162,13 +174,8 @@ def main() -> None:
                 for name in names}
     step = {name: decode_feeds(s, args.past, np.random.default_rng(2))
             for name, s in sessions.items()}
-    times = {name: [] for name in names}
-    for _ in range(args.reps + 3):
-        for name, s in sessions.items():
-            start = time.perf_counter()
-            s.run(["logits"], step[name])
-            times[name].append(time.perf_counter() - start)
-    base = float(np.median(times[names[0]][3:])), min(times[names[0]][3:])
+    times = step_times(sessions, step, args.reps)
+    base = times[names[0]]
     ppl0 = rows[names[0]][3]
     print(f"\ndecode step with {args.past} tokens of past; quality on {args.tokens} tokens vs "
           f"{names[0]} (max |logit| {np.abs(ref).max():.2f})\n{'variant':<16}{'file MB':>8}"
@@ -176,7 +183,7 @@ def main() -> None:
           f"{'ppl':>9}{'dppl':>8}")
     for name in names:
         mb, diff, top1, ppl = rows[name]
-        t = float(np.median(times[name][3:])), min(times[name][3:])
+        t = times[name]
         print(f"{name:<16}{mb:8.1f}{t[0] * 1e3:10.2f}{base[0] / t[0]:6.2f}x{t[1] * 1e3:9.2f}"
               f"{base[1] / t[1]:6.2f}x{diff:12.4f}{top1:7.3f}{ppl:9.0f}{ppl - ppl0:+8.1f}")
 
